@@ -1,0 +1,86 @@
+"""Multi-head scaled dot-product attention: self-attention with a key/value cache, and cross-attention.
+
+Both use `F.scaled_dot_product_attention`, the fused kernel; a test shows it equals the
+written-out softmax(QK^T / sqrt(d)) V. Masks are boolean and broadcastable to
+(batch, heads, queries, keys); True means "may attend".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, H, T, D/H)."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, Dh) -> (B, T, H*Dh)."""
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+class SelfAttention(nn.Module):
+    """Attention of a sequence over itself (and over its cached past, when decoding step by step)."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul instead of three
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        past_k: torch.Tensor | None = None,
+        past_v: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, T, D); past_k/v: (B, H, P, Dh) or None.
+
+        Returns the output (B, T, D) and this layer's keys and values (B, H, P+T, Dh),
+        which are the cache for the next step.
+        """
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(merge_heads(y)), k, v
+
+
+class CrossAttention(nn.Module):
+    """Attention of the decoder over the encoder's output.
+
+    The keys and values depend only on the source, so `project_memory` computes them once
+    per source sentence and every decoding step reuses them.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory: (B, S, D) -> keys, values: (B, H, S, Dh)."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> (B, T, D)."""
+        q = split_heads(self.q(x), self.heads)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(merge_heads(y))

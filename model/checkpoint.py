@@ -1,0 +1,121 @@
+"""Checkpoints: a directory per checkpoint, written atomically, loaded without unpickling code.
+
+Layout of a checkpoint directory:
+    model.safetensors   weights (tied matrices stored once)
+    config.json         model config, languages, step and metrics
+    tokenizer.model     the SentencePiece model the weights were trained with
+    trainer.pt          optional: optimizer, scheduler, RNG and data position, for resuming
+                        (plain tensors and numbers; loaded with weights_only=True)
+
+A directory is first written under a temporary name and then renamed, so a run killed while
+saving leaves the previous checkpoint intact and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import ModelConfig
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.model"
+TRAINER = "trainer.pt"
+
+
+@dataclass
+class Checkpoint:
+    model: Transformer
+    tokenizer: Tokenizer
+    info: dict[str, Any] = field(default_factory=dict)  # languages, step, metrics, ...
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared (tied) tensor stored under its first name only."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().contiguous()
+    return out
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    info: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a checkpoint directory atomically (replacing an existing one at `path`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in unique_state_dict(model).items()}
+        save_file({k: v.cpu() for k, v in weights.items()}, tmp / WEIGHTS)
+        document = {"model": model.config.to_dict(), **info, "weights_dtype": str(dtype).removeprefix("torch.")}
+        (tmp / CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        tokenizer.save(tmp / TOKENIZER)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER)
+        for f in tmp.iterdir():
+            _fsync(f)
+        if path.exists():
+            # Move the old one aside first: a rename over a non-empty directory is not allowed.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "c")
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load model (as float32, eval mode), tokenizer and info from a checkpoint directory."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint directory (no {CONFIG})")
+    document = json.loads((path / CONFIG).read_text())
+    config = ModelConfig.from_dict(document.pop("model"))
+    model = Transformer(config)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path / WEIGHTS).items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name in missing if name.startswith("target_embedding.") and config.tie_embeddings}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)}, unexpected {unexpected})")
+    model.to(device).eval()
+    return Checkpoint(model=model, tokenizer=Tokenizer.load(path / TOKENIZER), info=document, path=path)
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(Path(path) / TRAINER, map_location="cpu", weights_only=True)

@@ -1,0 +1,116 @@
+"""The default English-Spanish corpus and its deterministic train/valid/test split.
+
+Two domains: Bible verses (World English Bible -> Reina-Valera 1909, modern orthography) and
+LibreOffice help paragraphs. Neither split is random by line, because neighbouring lines are
+near-duplicates that would leak into the test set:
+- Bible: whole books go to valid or test (verses repeat across chapters of a book).
+- LibreOffice help: blocks of 50 consecutive paragraphs (about one help page) are assigned by a
+  hash of the block number.
+Training pairs whose source sentence also occurs in valid or test are then dropped.
+
+`rosetta-prepare-data` writes data/en-es/{train,valid,test}.tsv and per-domain test/valid files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import sys
+from pathlib import Path
+
+from model.tsv import write_tsv
+
+BIBLE_FILE = "en-es.refs.tsv.gz"
+LOHELP_FILE = "lohelp.en-es.tsv.gz"
+TEST_BOOKS = frozenset({"Esth", "Lam", "Phil", "Col", "1Thess", "2Tim", "1Pet"})
+VALID_BOOKS = frozenset({"Eccl", "Gal", "Jas"})
+LOHELP_BLOCK = 50
+LOHELP_TEST_PERCENT = 4
+LOHELP_VALID_PERCENT = 3
+
+Pairs = list[tuple[str, str]]
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_bible(path: Path) -> dict[str, Pairs]:
+    """Bible pairs by split, assigned by book."""
+    splits: dict[str, Pairs] = {"train": [], "valid": [], "test": []}
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in rows:
+            en, es = _clean(row["en_web"]), _clean(row["es_rv1909_modern_orthography"])
+            if not en or not es:
+                continue
+            book = row["ref"].split(".")[0]
+            split = "test" if book in TEST_BOOKS else "valid" if book in VALID_BOOKS else "train"
+            splits[split].append((en, es))
+    return splits
+
+
+def lohelp_split_of_block(block: int) -> str:
+    bucket = int(hashlib.sha256(f"lohelp-block-{block}".encode()).hexdigest(), 16) % 100
+    if bucket < LOHELP_TEST_PERCENT:
+        return "test"
+    if bucket < LOHELP_TEST_PERCENT + LOHELP_VALID_PERCENT:
+        return "valid"
+    return "train"
+
+
+def split_lohelp(path: Path) -> dict[str, Pairs]:
+    """LibreOffice help pairs by split, assigned by block of consecutive paragraphs."""
+    splits: dict[str, Pairs] = {"train": [], "valid": [], "test": []}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            columns = line.rstrip("\n").split("\t")
+            if len(columns) != 2:
+                continue
+            en, es = _clean(columns[0]), _clean(columns[1])
+            if en and es:
+                splits[lohelp_split_of_block(index // LOHELP_BLOCK)].append((en, es))
+    return splits
+
+
+def drop_overlap(train: Pairs, held_out: Pairs) -> Pairs:
+    """Training pairs whose source does not occur (case-insensitively) in the held-out pairs."""
+    seen = {en.lower() for en, _ in held_out}
+    return [(en, es) for en, es in train if en.lower() not in seen]
+
+
+def prepare(corpus_dir: Path, out_dir: Path) -> dict[str, int]:
+    """Write the split files; return the number of pairs in each."""
+    bible = split_bible(corpus_dir / BIBLE_FILE)
+    lohelp = split_lohelp(corpus_dir / LOHELP_FILE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    held_out = bible["valid"] + bible["test"] + lohelp["valid"] + lohelp["test"]
+    files = {
+        "train.tsv": drop_overlap(bible["train"] + lohelp["train"], held_out),
+        "valid.tsv": bible["valid"] + lohelp["valid"],
+        "test.tsv": bible["test"] + lohelp["test"],
+        "valid.bible.tsv": bible["valid"],
+        "valid.lohelp.tsv": lohelp["valid"],
+        "test.bible.tsv": bible["test"],
+        "test.lohelp.tsv": lohelp["test"],
+    }
+    for name, pairs in files.items():
+        write_tsv(out_dir / name, pairs)
+    return {name: len(pairs) for name, pairs in files.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Split the default English-Spanish corpus into train/valid/test TSV files.")
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="folder holding the gzipped corpora")
+    parser.add_argument("--out", type=Path, default=Path("data/en-es"), help="folder for the split TSV files")
+    args = parser.parse_args(argv)
+    counts = prepare(args.corpus, args.out)
+    for name, n in counts.items():
+        print(f"{args.out / name}: {n} pairs", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

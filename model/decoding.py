@@ -1,0 +1,182 @@
+"""The PyTorch reference decoder: greedy and beam search over the model's key/value cache.
+
+This is the yardstick the ONNX Runtime decoder in server/ is compared with token for token,
+so the search is spelled out plainly:
+
+- Every sentence has its own output budget (DecodeOptions.target_limit of its own length), so
+  its translation never depends on what else is in the batch.
+- Greedy: take the arg-max token; a sentence finishes at EOS or at its budget and leaves the
+  batch (its rows stop costing compute).
+- Beam: each step ranks beam score + log p(token) over all K*V continuations and takes the top
+  2K. In that order, an EOS ranked within the top K finishes a hypothesis (scored by
+  `normalized_score`); other tokens fill the K live beams. A sentence is done when it holds K
+  finished hypotheses none of which its best live beam could still beat (see `_beam_done`), or
+  at its budget, where its live beams are finished as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.decode_options import DecodeOptions, normalized_score
+from model.transformer import Transformer
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated ids, EOS excluded
+    score: float  # normalized log-probability (see DecodeOptions.length_penalty)
+
+
+def _select_rows(keep: torch.Tensor, *tensors: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    return [t.index_select(dim, keep) for t in tensors]
+
+
+@torch.no_grad()
+def translate_ids(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+    """Decode a batch of source ids (B, S), EOS-terminated and right-padded.
+
+    Returns, for each sentence, `options.n_best` hypotheses, best first.
+    """
+    if src.shape[0] == 0:
+        return []
+    if options.beam_size == 1:
+        return _greedy(model, src, options)
+    return _beam(model, src, options)
+
+
+def _step_log_probs(logits: torch.Tensor, config, step: int, options: DecodeOptions) -> torch.Tensor:
+    """Log-probabilities of the next token; PAD and BOS are never generated, EOS not before min_length."""
+    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+    log_probs[:, config.pad_id] = float("-inf")
+    log_probs[:, config.bos_id] = float("-inf")
+    if step < options.min_length:
+        log_probs[:, config.eos_id] = float("-inf")
+    return log_probs
+
+
+def _limits(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[int]:
+    lengths = model.source_mask(src).sum(dim=1).tolist()
+    return [options.target_limit(n, model.config.max_positions) for n in lengths]
+
+
+def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+    config = model.config
+    batch = src.shape[0]
+    limits = _limits(model, src, options)
+    cross_k, cross_v = model.cross_kv(model.encode(src))
+    src_mask = model.source_mask(src)
+    past_k, past_v = model.empty_cache(batch, src.device)
+    tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=src.device)
+    active = list(range(batch))  # original index of each live row
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    scores = [0.0] * batch
+    step = 0
+    while active:
+        logits, past_k, past_v = model.decode(tokens, cross_k, cross_v, src_mask, past_k, past_v)
+        log_probs = _step_log_probs(logits, config, step, options)
+        best = log_probs.argmax(dim=-1)
+        best_scores = log_probs.gather(1, best[:, None])[:, 0]
+        step += 1
+        keep = []
+        for row, sentence in enumerate(active):
+            token = int(best[row])
+            scores[sentence] += float(best_scores[row])
+            if token == config.eos_id:
+                continue
+            outputs[sentence].append(token)
+            if step < limits[sentence]:
+                keep.append(row)
+        if len(keep) < len(active):
+            index = torch.tensor(keep, dtype=torch.long, device=src.device)
+            cross_k, cross_v, past_k, past_v = _select_rows(index, cross_k, cross_v, past_k, past_v, dim=1)
+            src_mask, best = _select_rows(index, src_mask, best, dim=0)
+            active = [active[r] for r in keep]
+        tokens = best[:, None]
+    return [
+        [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
+        for out, score, limit in zip(outputs, scores, limits)
+    ]
+
+
+def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+    config = model.config
+    k = options.beam_size
+    batch = src.shape[0]
+    limits = _limits(model, src, options)
+    device = src.device
+    # Every sentence's cross-attention cache is repeated for its K beams once, up front.
+    beam_rows = torch.arange(batch, device=device).repeat_interleave(k)
+    cross_k, cross_v = model.cross_kv(model.encode(src))
+    cross_k, cross_v = cross_k.index_select(1, beam_rows), cross_v.index_select(1, beam_rows)
+    src_mask = model.source_mask(src).index_select(0, beam_rows)
+    past_k, past_v = model.empty_cache(batch * k, device)
+    tokens = torch.full((batch * k, 1), config.bos_id, dtype=torch.long, device=device)
+    # Only beam 0 is real at the start; the others would duplicate it.
+    beam_scores = torch.full((batch, k), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    histories: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(batch)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    active = list(range(batch))
+    step = 0
+    while active:
+        n = len(active)
+        logits, past_k, past_v = model.decode(tokens, cross_k, cross_v, src_mask, past_k, past_v)
+        log_probs = _step_log_probs(logits, config, step, options)  # (n*K, V)
+        vocab = log_probs.shape[-1]
+        candidates = (beam_scores.reshape(n * k, 1) + log_probs).reshape(n, k * vocab)
+        top_scores, top_index = candidates.topk(2 * k, dim=1)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        step += 1
+        next_origin, next_token, next_score, keep_sentences = [], [], [], []
+        for i, sentence in enumerate(active):
+            live = []
+            for rank, (score, index) in enumerate(zip(top_scores[i], top_index[i])):
+                origin, token = divmod(index, vocab)
+                history = histories[sentence][origin]
+                if token == config.eos_id:
+                    if rank < k:
+                        finished[sentence].append(
+                            Hypothesis(list(history), normalized_score(score, step, options.length_penalty))
+                        )
+                    continue
+                live.append((origin, token, score))
+                if len(live) == k:
+                    break
+            new_histories = [histories[sentence][o] + [t] for o, t, _ in live]
+            if _beam_done(finished[sentence], live[0][2], step, k, options.length_penalty):
+                continue
+            if step >= limits[sentence]:
+                finished[sentence].extend(
+                    Hypothesis(h, normalized_score(s, step, options.length_penalty))
+                    for h, (_, _, s) in zip(new_histories, live)
+                )
+                continue
+            histories[sentence] = new_histories
+            keep_sentences.append(i)
+            next_origin.extend(i * k + o for o, _, _ in live)
+            next_token.extend(t for _, t, _ in live)
+            next_score.extend(s for _, _, s in live)
+        if not keep_sentences:
+            break
+        reorder = torch.tensor(next_origin, dtype=torch.long, device=device)
+        past_k, past_v = past_k.index_select(1, reorder), past_v.index_select(1, reorder)
+        if len(keep_sentences) < n:
+            rows = torch.tensor([i * k + b for i in keep_sentences for b in range(k)], dtype=torch.long, device=device)
+            cross_k, cross_v = cross_k.index_select(1, rows), cross_v.index_select(1, rows)
+            src_mask = src_mask.index_select(0, rows)
+            active = [active[i] for i in keep_sentences]
+        tokens = torch.tensor(next_token, dtype=torch.long, device=device)[:, None]
+        beam_scores = torch.tensor(next_score, device=device).reshape(len(active), k)
+    return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]
+
+
+def _beam_done(finished: list[Hypothesis], best_live: float, step: int, k: int, length_penalty: float) -> bool:
+    """A sentence is done once it has K finished hypotheses and its best live beam, finished at the
+    next step, could no longer beat the K-th best of them."""
+    if len(finished) < k:
+        return False
+    kth_best = sorted(h.score for h in finished)[-k]
+    return kth_best >= normalized_score(best_live, step + 1, length_penalty)

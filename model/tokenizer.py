@@ -1,0 +1,111 @@
+"""Subword tokenizer: a SentencePiece BPE model with byte fallback, joint over both languages.
+
+Byte fallback means any Unicode text encodes: a character the vocabulary lacks becomes its
+UTF-8 bytes instead of <unk>. Normalisation is off ("identity") so that decode(encode(x))
+gives x back for normal text; SentencePiece's default NFKC would rewrite characters.
+
+This module must not import torch: the server uses it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Text to token ids and back. Resources are loaded once, in the constructor."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        self._proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        if (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()) != (
+            PAD_ID,
+            UNK_ID,
+            BOS_ID,
+            EOS_ID,
+        ):
+            raise ValueError("tokenizer special ids must be pad=0, unk=1, bos=2, eos=3")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        return cls(Path(path).read_bytes())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self._proto)
+
+    def to_bytes(self) -> bytes:
+        return self._proto
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 8000, seed_sentences: int = 2_000_000) -> Tokenizer:
+        """Train a joint BPE vocabulary on `texts` (source and target sentences together)."""
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_non_empty(texts),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=0.9999,
+            normalization_rule_name="identity",
+            split_digits=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            input_sentence_size=seed_sentences,
+            shuffle_input_sentence=True,
+            num_threads=2,
+            minloglevel=2,
+        )
+        return cls(model.getvalue())
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def special_ids(self) -> tuple[int, int, int, int]:
+        return PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def encode(self, text: str) -> list[int]:
+        """Subword ids of `text`, without special tokens.
+
+        Raises ValueError for text that is not valid Unicode (a lone surrogate has no UTF-8 form).
+        """
+        _check_unicode(text)
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        for text in texts:
+            _check_unicode(text)
+        return self._sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; special tokens are dropped."""
+        return self._sp.decode([i for i in ids if i > EOS_ID])
+
+    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+        return self._sp.decode([[i for i in ids if i > EOS_ID] for ids in batch])
+
+    def pieces(self, text: str) -> list[str]:
+        return self._sp.encode(text, out_type=str)
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text is not valid Unicode: {e.reason} at position {e.start}") from None
+
+
+def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if text.strip():
+            yield text

@@ -1,0 +1,245 @@
+"""The encoder-decoder Transformer, written from its primitives.
+
+Shapes: B batch, S source length, T target length (new tokens this call), P cached
+target length, D d_model, H heads, Dh = D / H, L decoder layers, V vocabulary.
+
+Decoding is incremental: `encode` runs once per source and returns the cross-attention
+keys/values of every decoder layer; `decode` takes the self-attention cache of earlier
+steps as plain stacked tensors (L, B, H, P, Dh) and returns it extended by T positions.
+Training calls the same `decode` with an empty cache, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import CrossAttention, SelfAttention
+from model.config import ModelConfig
+
+
+def sinusoidal_table(max_positions: int, d_model: int) -> torch.Tensor:
+    """(max_positions, D) table of sin/cos at geometrically spaced frequencies (Vaswani et al.)."""
+    position = torch.arange(max_positions, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_positions, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(D), plus sinusoidal positions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.scale = math.sqrt(config.d_model)
+        self.tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        # Not a parameter and not saved: it is a pure function of the config.
+        self.register_buffer("positions", sinusoidal_table(config.max_positions, config.d_model), persistent=False)
+
+    def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """ids: (B, T) -> (B, T, D), positions start, start+1, ..."""
+        pos = torch.arange(ids.shape[1], device=ids.device) + start
+        return self.tokens(ids) * self.scale + self.positions[pos]
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward: Linear, ReLU, (activation) dropout, Linear."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.ffn)
+        self.down = nn.Linear(config.ffn, config.d_model)
+        self.dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.dropout(F.relu(self.up(x))))
+
+
+class Residual(nn.Module):
+    """A sublayer wrapped in a residual connection and LayerNorm, pre- or post-norm.
+
+    LayerNorm, not BatchNorm: it normalises each position over its own features, so it does not
+    depend on the batch or on padding, and behaves the same in training and one-token decoding.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_first = config.norm_first
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The sublayer's input."""
+        return self.norm(x) if self.norm_first else x
+
+    def post(self, x: torch.Tensor, sublayer_out: torch.Tensor) -> torch.Tensor:
+        """The layer's output, given its input and the sublayer's output."""
+        y = x + self.dropout(sublayer_out)
+        return y if self.norm_first else self.norm(y)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention = SelfAttention(config.d_model, config.heads, config.attention_dropout)
+        self.attention_residual = Residual(config)
+        self.ffn = FeedForward(config)
+        self.ffn_residual = Residual(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, S, D); mask: (B, 1, 1, S) -> (B, S, D)."""
+        y, _, _ = self.attention(self.attention_residual.pre(x), mask)
+        x = self.attention_residual.post(x, y)
+        return self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attention = SelfAttention(config.d_model, config.heads, config.attention_dropout)
+        self.self_residual = Residual(config)
+        self.cross_attention = CrossAttention(config.d_model, config.heads, config.attention_dropout)
+        self.cross_residual = Residual(config)
+        self.ffn = FeedForward(config)
+        self.ffn_residual = Residual(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_mask: torch.Tensor,
+        past_k: torch.Tensor | None,
+        past_v: torch.Tensor | None,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        cross_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, T, D) -> (B, T, D) and this layer's self-attention cache (B, H, P+T, Dh)."""
+        y, k, v = self.self_attention(self.self_residual.pre(x), self_mask, past_k, past_v)
+        x = self.self_residual.post(x, y)
+        x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask))
+        x = self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
+        return x, k, v
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer for translation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.source_embedding = TokenEmbedding(config)
+        # Tied embeddings share one matrix for source, target and output (joint vocabulary).
+        self.target_embedding = self.source_embedding if config.tie_embeddings else TokenEmbedding(config)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        # Pre-norm leaves the residual stream unnormalised, so each stack ends with a LayerNorm.
+        self.encoder_norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+        self.output = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embedding" not in name:
+                nn.init.xavier_uniform_(p)
+            elif "bias" in name:
+                nn.init.zeros_(p)
+        for embedding in {self.source_embedding, self.target_embedding}:
+            # Scaled by sqrt(D) at lookup, so entries of N(0, 1/D) give unit-variance inputs,
+            # and as the tied output matrix they give logits of unit scale.
+            nn.init.normal_(embedding.tokens.weight, std=self.config.d_model**-0.5)
+            with torch.no_grad():
+                embedding.tokens.weight[self.config.pad_id].zero_()
+
+    def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, S) ids -> (B, S) bool, True at real tokens."""
+        return src != self.config.pad_id
+
+    def encode(self, src: torch.Tensor) -> torch.Tensor:
+        """src: (B, S) ids, right-padded -> memory (B, S, D)."""
+        mask = self.source_mask(src)[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embedding_dropout(self.source_embedding(src))
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        return self.encoder_norm(x)
+
+    def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory: (B, S, D) -> cross-attention keys and values of every decoder layer, (L, B, H, S, Dh) each."""
+        ks, vs = zip(*(layer.cross_attention.project_memory(memory) for layer in self.decoder_layers))
+        return torch.stack(ks), torch.stack(vs)
+
+    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A self-attention cache holding no positions: (L, B, H, 0, Dh) twice."""
+        c = self.config
+        shape = (c.decoder_layers, batch, c.heads, 0, c.head_dim)
+        dtype = self.source_embedding.tokens.weight.dtype
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def decode_hidden(
+        self,
+        tgt: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the decoder over T new target tokens that follow P cached ones.
+
+        tgt: (B, T) ids; cross_k/v: (L, B, H, S, Dh); src_mask: (B, S) bool;
+        past_k/v: (L, B, H, P, Dh). Returns hidden states (B, T, D) and the cache (L, B, H, P+T, Dh).
+        """
+        past = past_k.shape[3]
+        t = tgt.shape[1]
+        # Query i sits at position past+i and may see keys 0..past+i: causal over the whole prefix.
+        key_pos = torch.arange(past + t, device=tgt.device)
+        query_pos = torch.arange(t, device=tgt.device) + past
+        self_mask = key_pos[None, :] <= query_pos[:, None]  # (T, P+T)
+        cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self.embedding_dropout(self.target_embedding(tgt, start=past))
+        ks, vs = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            x, k, v = layer(x, self_mask, past_k[i], past_v[i], cross_k[i], cross_v[i], cross_mask)
+            ks.append(k)
+            vs.append(v)
+        return self.decoder_norm(x), torch.stack(ks), torch.stack(vs)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V)."""
+        if self.output is None:
+            return hidden @ self.target_embedding.tokens.weight.t()
+        return self.output(hidden)
+
+    def decode(
+        self,
+        tgt: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like `decode_hidden`, returning logits (B, T, V) instead of hidden states."""
+        hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v)
+        return self.logits(hidden), k, v
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits. src: (B, S); tgt: (B, T) starting with BOS -> (B, T, V)."""
+        return self.logits(self.forward_hidden(src, tgt))
+
+    def forward_hidden(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder hidden states (B, T, D); training projects only the real positions."""
+        memory = self.encode(src)
+        cross_k, cross_v = self.cross_kv(memory)
+        past_k, past_v = self.empty_cache(src.shape[0], src.device)
+        hidden, _, _ = self.decode_hidden(tgt, cross_k, cross_v, self.source_mask(src), past_k, past_v)
+        return hidden
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,122 @@
+"""The Transformer's contract: shapes, masks, the cache, and attention arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.attention import SelfAttention, merge_heads, split_heads
+from model.config import ModelConfig
+
+from tests.builders import EOS, PAD, make_model, random_batch
+
+
+def test_config_round_trips_and_rejects_bad_sizes():
+    config = ModelConfig(d_model=64, heads=8, norm_first=False)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, heads=4)
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**config.to_dict(), "colour": "blue"})
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_shapes_of_every_stage(norm_first):
+    model = make_model(norm_first=norm_first)
+    src = random_batch([7, 5, 3])
+    tgt = random_batch([6, 6, 2], seed=2)
+    c = model.config
+    memory = model.encode(src)
+    assert memory.shape == (3, 7, c.d_model)
+    cross_k, cross_v = model.cross_kv(memory)
+    assert cross_k.shape == cross_v.shape == (c.decoder_layers, 3, c.heads, 7, c.head_dim)
+    past_k, past_v = model.empty_cache(3)
+    logits, k, v = model.decode(tgt, cross_k, cross_v, model.source_mask(src), past_k, past_v)
+    assert logits.shape == (3, 6, c.vocab_size)
+    assert k.shape == v.shape == (c.decoder_layers, 3, c.heads, 6, c.head_dim)
+    assert model(src, tgt).shape == (3, 6, c.vocab_size)
+
+
+def test_tied_embeddings_share_one_matrix():
+    tied = make_model()
+    assert tied.source_embedding.tokens.weight is tied.target_embedding.tokens.weight
+    assert tied.output is None
+    untied = make_model(tie_embeddings=False)
+    assert untied.source_embedding.tokens.weight is not untied.target_embedding.tokens.weight
+    assert untied.num_parameters() > tied.num_parameters()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_padding_does_not_change_other_positions(norm_first):
+    model = make_model(norm_first=norm_first)
+    src = random_batch([6])
+    tgt = random_batch([5], seed=3)
+    alone = model(src, tgt)
+    padded_src = torch.cat([src, torch.full((1, 9), PAD)], dim=1)
+    assert torch.allclose(model(padded_src, tgt), alone, atol=1e-6)
+    # The same sentence beside a longer one in a batch gives the same logits.
+    other = random_batch([15], seed=4)
+    batch_src = torch.cat([padded_src, other], dim=0)
+    batch_tgt = torch.cat([tgt, random_batch([5], seed=5)], dim=0)
+    assert torch.allclose(model(batch_src, batch_tgt)[0], alone[0], atol=1e-5)
+
+
+def test_causal_mask_leaks_no_future_token():
+    model = make_model()
+    src = random_batch([6])
+    tgt = random_batch([8], seed=6)
+    changed = tgt.clone()
+    changed[0, 5:] = torch.tensor([10, 11, 12])
+    before, after = model(src, tgt), model(src, changed)
+    assert torch.allclose(before[0, :5], after[0, :5], atol=1e-6)
+    assert not torch.allclose(before[0, 5:], after[0, 5:], atol=1e-3)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_incremental_decoding_equals_full_recomputation(norm_first):
+    model = make_model(norm_first=norm_first)
+    src = random_batch([9, 4, 7])
+    tgt = random_batch([8, 8, 8], seed=7)
+    full = model(src, tgt)
+    cross_k, cross_v = model.cross_kv(model.encode(src))
+    past_k, past_v = model.empty_cache(3)
+    steps = []
+    for t in range(tgt.shape[1]):
+        logits, past_k, past_v = model.decode(tgt[:, t: t + 1], cross_k, cross_v, model.source_mask(src),
+                                              past_k, past_v)
+        steps.append(logits)
+    assert past_k.shape[3] == tgt.shape[1]
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-5
+    # Several tokens at once on top of a cache also agree (chunked prefill).
+    past_k, past_v = model.empty_cache(3)
+    first, past_k, past_v = model.decode(tgt[:, :3], cross_k, cross_v, model.source_mask(src), past_k, past_v)
+    rest, _, _ = model.decode(tgt[:, 3:], cross_k, cross_v, model.source_mask(src), past_k, past_v)
+    assert (torch.cat([first, rest], dim=1) - full).abs().max().item() <= 1e-5
+
+
+def written_out_attention(q, k, v, mask):
+    """softmax(QK^T / sqrt(d)) V with a boolean mask, spelled out."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def test_fused_attention_equals_written_out_formula():
+    torch.manual_seed(0)
+    attention = SelfAttention(d_model=32, heads=4, dropout=0.0).eval()
+    x = torch.randn(2, 5, 32)
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    fused, k, v = attention(x, mask)
+    q = split_heads(attention.qkv(x).chunk(3, dim=-1)[0], 4)
+    expected = attention.out(merge_heads(written_out_attention(q, k, v, mask)))
+    assert (fused - expected).abs().max().item() <= 1e-6
+
+
+def test_dropout_only_in_training():
+    model = make_model(dropout=0.3)
+    src, tgt = random_batch([6]), random_batch([5], seed=8)
+    assert torch.equal(model(src, tgt), model(src, tgt))
+    model.train()
+    assert not torch.equal(model(src, tgt), model(src, tgt))

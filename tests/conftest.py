@@ -19,6 +19,8 @@ TINY_MODEL_ARGS = [
     "--lr", "3e-3", "--warmup-steps", "30", "--label-smoothing", "0", "--max-tokens", "4000",
     "--max-steps", "250", "--eval-every", "1000", "--save-every", "1000", "--log-every", "50",
     "--threads", "2",
+    # fp32 everywhere, so the tiny run is the same on CPUs with and without native bf16.
+    "--cpu-bf16", "off",
 ]
 
 

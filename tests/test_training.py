@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,15 @@ def test_training_cli_reports_and_skips_bad_lines(tmp_path, capsys):
     (corpus / "valid.tsv").write_text(good)
     assert train(corpus, tmp_path / "run", max_steps=2) == 0
     assert "skipped 2 malformed" in capsys.readouterr().err
+
+
+def test_bf16_autocast_training_learns(tiny_corpus, tmp_path):
+    """The CPU bf16 path (on by default where the CPU has bf16 units) trains, not just runs."""
+    assert train(tiny_corpus, tmp_path / "bf16", max_steps=60, log_every=10, **{"cpu_bf16": "on"}) == 0
+    losses = [json.loads(line)["train_loss"] for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in line]
+    assert len(losses) == 6 and all(map(math.isfinite, losses))
+    assert losses[-1] < losses[0] / 2
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -1,12 +1,14 @@
-"""Decoding options and the rules every decoder applies identically.
+"""Decoding options and the search rules every decoder applies identically.
 
 Both the PyTorch reference decoder (model/decoding.py) and the ONNX Runtime decoder in
-server/ read these, so "the same options" means the same search. No torch here.
+server/ use these: the options, the output budget, the score, and a sentence's beam
+bookkeeping, so "the same options" means the same search and the two decoders differ only in
+how they compute the next-token log-probabilities. No torch here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,76 @@ def auto_max_length(source_length: int) -> int:
     return 2 * source_length + 10
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (little padding), shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def normalized_score(log_prob: float, length: int, length_penalty: float) -> float:
     """The score that ranks finished hypotheses."""
     return log_prob / (max(length, 1) ** length_penalty)
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # generated ids, EOS excluded
+    score: float  # normalized log-probability (see DecodeOptions.length_penalty)
+
+
+@dataclass
+class SentenceBeams:
+    """One sentence's beam search state: the K live histories and the finished hypotheses.
+
+    Each step the decoder ranks beam score + log p(token) over all K*V continuations and hands
+    the top 2K to `advance`. In that order, an EOS ranked within the top K finishes a hypothesis;
+    other tokens fill the K live beams.
+    """
+
+    k: int
+    histories: list[list[int]] = field(default_factory=list)
+    finished: list[Hypothesis] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.histories:
+            self.histories = [[] for _ in range(self.k)]
+
+    def advance(self, top_scores: list[float], top_index: list[int], vocab: int, step: int, limit: int,
+                options: DecodeOptions, eos_id: int) -> list[tuple[int, int, float]] | None:
+        """Take one step's top 2K candidates (flat index origin*V + token, best first).
+
+        Returns the K live beams as (origin beam, token, score), or None once the sentence is
+        done: K finished hypotheses that its best live beam can no longer beat, or its budget
+        `limit` reached (its live beams are then finished as they are).
+        """
+        live = []
+        for rank, (score, index) in enumerate(zip(top_scores, top_index)):
+            origin, token = divmod(index, vocab)
+            if token == eos_id:
+                if rank < self.k:
+                    self.finished.append(Hypothesis(list(self.histories[origin]),
+                                                    normalized_score(score, step, options.length_penalty)))
+                continue
+            live.append((origin, token, score))
+            if len(live) == self.k:
+                break
+        new_histories = [self.histories[o] + [t] for o, t, _ in live]
+        if self._done(live[0][2], step, options.length_penalty):
+            return None
+        if step >= limit:
+            self.finished.extend(Hypothesis(h, normalized_score(s, step, options.length_penalty))
+                                 for h, (_, _, s) in zip(new_histories, live))
+            return None
+        self.histories = new_histories
+        return live
+
+    def _done(self, best_live: float, step: int, length_penalty: float) -> bool:
+        """K finished hypotheses, and the best live beam, finished at the next step, could no
+        longer beat the K-th best of them."""
+        if len(self.finished) < self.k:
+            return False
+        kth_best = sorted(h.score for h in self.finished)[-self.k]
+        return kth_best >= normalized_score(best_live, step + 1, length_penalty)
+
+    def n_best(self, n: int) -> list[Hypothesis]:
+        return sorted(self.finished, key=lambda h: -h.score)[:n]

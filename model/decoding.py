@@ -7,27 +7,17 @@ so the search is spelled out plainly:
   its translation never depends on what else is in the batch.
 - Greedy: take the arg-max token; a sentence finishes at EOS or at its budget and leaves the
   batch (its rows stop costing compute).
-- Beam: each step ranks beam score + log p(token) over all K*V continuations and takes the top
-  2K. In that order, an EOS ranked within the top K finishes a hypothesis (scored by
-  `normalized_score`); other tokens fill the K live beams. A sentence is done when it holds K
-  finished hypotheses none of which its best live beam could still beat (see `_beam_done`), or
-  at its budget, where its live beams are finished as they are.
+- Beam: each step ranks beam score + log p(token) over all K*V continuations and hands the top
+  2K of each sentence to its `SentenceBeams` (model/decode_options.py), the bookkeeping that the
+  ONNX Runtime decoder shares: which hypotheses finish, which beams live on, when it is done.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from model.decode_options import DecodeOptions, normalized_score
+from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
 from model.transformer import Transformer
-
-
-@dataclass
-class Hypothesis:
-    tokens: list[int]  # generated ids, EOS excluded
-    score: float  # normalized log-probability (see DecodeOptions.length_penalty)
 
 
 def _select_rows(keep: torch.Tensor, *tensors: torch.Tensor, dim: int) -> list[torch.Tensor]:
@@ -117,8 +107,7 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
     # Only beam 0 is real at the start; the others would duplicate it.
     beam_scores = torch.full((batch, k), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0
-    histories: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(batch)]
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    sentences = [SentenceBeams(k) for _ in range(batch)]
     active = list(range(batch))
     step = 0
     while active:
@@ -132,29 +121,10 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
         step += 1
         next_origin, next_token, next_score, keep_sentences = [], [], [], []
         for i, sentence in enumerate(active):
-            live = []
-            for rank, (score, index) in enumerate(zip(top_scores[i], top_index[i])):
-                origin, token = divmod(index, vocab)
-                history = histories[sentence][origin]
-                if token == config.eos_id:
-                    if rank < k:
-                        finished[sentence].append(
-                            Hypothesis(list(history), normalized_score(score, step, options.length_penalty))
-                        )
-                    continue
-                live.append((origin, token, score))
-                if len(live) == k:
-                    break
-            new_histories = [histories[sentence][o] + [t] for o, t, _ in live]
-            if _beam_done(finished[sentence], live[0][2], step, k, options.length_penalty):
+            live = sentences[sentence].advance(top_scores[i], top_index[i], vocab, step, limits[sentence], options,
+                                               config.eos_id)
+            if live is None:
                 continue
-            if step >= limits[sentence]:
-                finished[sentence].extend(
-                    Hypothesis(h, normalized_score(s, step, options.length_penalty))
-                    for h, (_, _, s) in zip(new_histories, live)
-                )
-                continue
-            histories[sentence] = new_histories
             keep_sentences.append(i)
             next_origin.extend(i * k + o for o, _, _ in live)
             next_token.extend(t for _, t, _ in live)
@@ -170,13 +140,4 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
             active = [active[i] for i in keep_sentences]
         tokens = torch.tensor(next_token, dtype=torch.long, device=device)[:, None]
         beam_scores = torch.tensor(next_score, device=device).reshape(len(active), k)
-    return [sorted(f, key=lambda h: -h.score)[: options.n_best] for f in finished]
-
-
-def _beam_done(finished: list[Hypothesis], best_live: float, step: int, k: int, length_penalty: float) -> bool:
-    """A sentence is done once it has K finished hypotheses and its best live beam, finished at the
-    next step, could no longer beat the K-th best of them."""
-    if len(finished) < k:
-        return False
-    kth_best = sorted(h.score for h in finished)[-k]
-    return kth_best >= normalized_score(best_live, step + 1, length_penalty)
+    return [s.n_best(options.n_best) for s in sentences]

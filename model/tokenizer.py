@@ -18,6 +18,14 @@ import sentencepiece as spm
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
+class SourceTooLongError(ValueError):
+    """A text with more tokens than the model accepts. Never truncated silently."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"text {index} has {tokens} tokens; the model accepts at most {limit}")
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
 class Tokenizer:
     """Text to token ids and back. Resources are loaded once, in the constructor."""
 
@@ -86,6 +94,18 @@ class Tokenizer:
         for text in texts:
             _check_unicode(text)
         return self._sp.encode(texts)
+
+    def encode_sources(self, texts: list[str], max_positions: int) -> list[list[int]]:
+        """Model input ids of each text: its subwords and EOS.
+
+        Raises SourceTooLongError for a text longer than `max_positions` tokens (EOS included).
+        """
+        encoded = []
+        for i, ids in enumerate(self.encode_batch(texts)):
+            if len(ids) + 1 > max_positions:
+                raise SourceTooLongError(i, len(ids) + 1, max_positions)
+            encoded.append(ids + [EOS_ID])
+        return encoded
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens are dropped."""

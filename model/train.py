@@ -38,8 +38,9 @@ from tqdm import tqdm
 from model.batching import EncodedPairs, collate, encode_pairs, token_batches
 from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
 from model.config import ModelConfig
-from model.evaluate import score_translations, translate_texts
+from model.evaluate import translate_texts
 from model.plot import plot_curves
+from model.scoring import score_translations
 from model.tokenizer import PAD_ID, Tokenizer
 from model.transformer import Transformer
 from model.tsv import read_tsv

@@ -51,3 +51,19 @@ def tiny_checkpoint(tiny_run) -> Path:
     """The newest checkpoint of the tiny run."""
     steps = sorted((tiny_run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return steps[-1]
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory) -> Path:
+    """A model repository shared by the session's tests."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tiny_checkpoint, repository) -> Path:
+    """Version 1 of the tiny model, exported in fp32 through the full parity gate."""
+    from export.cli import export_version
+
+    version_dir, report = export_version(tiny_checkpoint, repository, "tiny", tiny_pairs())
+    assert report["passed"], report["failures"]
+    return version_dir

@@ -9,7 +9,7 @@ from model.batching import pad
 from model.checkpoint import load_checkpoint
 from model.decode_options import DecodeOptions
 from model.decoding import translate_ids
-from model.evaluate import encode_sources, translate_hypotheses, translate_texts
+from model.evaluate import translate_hypotheses, translate_texts
 from tests.builders import make_model, random_batch, tiny_pairs
 
 
@@ -58,7 +58,7 @@ def test_beam_search_finds_at_least_the_greedy_score():
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_min_and_max_length_are_respected(tiny, beam):
-    src = pad(encode_sources(tiny.tokenizer, ["The red cat.", "The old doors."], tiny.config.max_positions))
+    src = pad(tiny.tokenizer.encode_sources(["The red cat.", "The old doors."], tiny.config.max_positions))
     for hyps in translate_ids(tiny.model, src, DecodeOptions(beam_size=beam, max_length=2)):
         assert all(len(h.tokens) <= 2 for h in hyps)
     natural = translate_ids(tiny.model, src, DecodeOptions(beam_size=beam))

@@ -1,0 +1,145 @@
+"""`rosetta-export`: checkpoint -> verified, versioned model in the repository, in one command.
+
+    rosetta-export runs/en-es/best --repository models --name en-es --test data/en-es/test.tsv
+
+Exports the encoder and decoder-step graphs, converts them to the requested precision, runs
+the parity gate (export/parity.py) against the checkpoint, and publishes the version as
+`<repository>/<name>/<next version>/` only if the gate passes. A failed gate prints the report
+and exits 1, leaving the repository as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+from tqdm import tqdm
+
+from export.onnx_export import OPSET, export_graphs
+from export.parity import verify
+from export.publish import publish, staging_dir, write_manifest
+from export.quantize import PRECISIONS, convert
+from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
+from model.tsv import TsvError, read_tsv
+from server.graphs import OnnxGraphs
+from server.repository import Manifest, file_record, sha256_file
+from server.sessions import SessionConfig
+
+log = logging.getLogger("rosetta.export")
+
+
+def library_versions() -> dict[str, str]:
+    return {name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "numpy")}
+
+
+def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs: dict[str, str],
+                   optimizations: list[str]) -> Manifest:
+    info = checkpoint.info
+    return Manifest(
+        name=name,
+        version=0,  # set by publish()
+        source_lang=info.get("source_lang", "en"),
+        target_lang=info.get("target_lang", "es"),
+        precision=precision,
+        model=checkpoint.config.to_dict(),
+        graphs=graphs,
+        tokenizer=TOKENIZER,
+        files={p.name: file_record(p) for p in sorted(staging.iterdir()) if not p.name.startswith(".")},
+        opset=OPSET,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source_checkpoint={"path": str(checkpoint.path), "sha256": sha256_file(checkpoint.path / WEIGHTS),
+                           "step": info.get("step"), "valid": info.get("valid", {})},
+        libraries=library_versions(),
+        optimizations=optimizations,
+    )
+
+
+def export_version(checkpoint_path: Path, repository: Path, name: str, test_pairs: list[tuple[str, str]], *,
+                   precision: str = "fp32", beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
+                   progress: bool = False) -> tuple[Path | None, dict]:
+    """Export, verify and (if the gate passes) publish one version.
+
+    Returns the published version directory, or None when the gate failed, and the parity report.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    staging = staging_dir(repository / name)
+    try:
+        started = time.perf_counter()
+        graphs = export_graphs(checkpoint.model, staging)
+        optimizations = convert([staging / f for f in graphs.values()], precision)
+        shutil.copyfile(checkpoint.path / TOKENIZER, staging / TOKENIZER)
+        manifest = build_manifest(staging, checkpoint, name, precision, graphs, optimizations)
+        write_manifest(staging, manifest)
+        export_seconds = time.perf_counter() - started
+        onnx_graphs = OnnxGraphs(staging, SessionConfig(device="cpu"))
+        total = len(test_pairs) * len(beam_sizes) * 2
+        with tqdm(total=total, desc="parity", unit="sent", disable=not progress, file=sys.stderr) as bar:
+            report = verify(checkpoint.model, onnx_graphs, checkpoint.tokenizer, test_pairs, precision,
+                            beam_sizes=beam_sizes, batch_size=batch_size, progress=bar.update)
+        report["export_seconds"] = round(export_seconds, 1)
+        report["bytes"] = sum(r["bytes"] for r in manifest.files.values())
+        if not report["passed"]:
+            shutil.rmtree(staging)
+            return None, report
+        return publish(staging, replace(manifest, parity=report)), report
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def summary(report: dict) -> str:
+    diffs = report["tensors"]["max_abs_diff"]
+    lines = [f"tensors ({report['tensors']['cases']} shape cases): max abs diff encoder {diffs['encoder']:.2e}, "
+             f"logits {diffs['logits']:.2e}, cache {diffs['cache']:.2e}"]
+    for run in report["translations"]:
+        mode = "greedy" if run["beam_size"] == 1 else f"beam {run['beam_size']}"
+        lines.append(f"{mode}: {run['identical']}/{run['sentences']} identical to PyTorch; "
+                     f"BLEU {run['onnxruntime']['bleu']:.2f} (PyTorch {run['pytorch']['bleu']:.2f}), "
+                     f"chrF {run['onnxruntime']['chrf']:.2f} (PyTorch {run['pytorch']['chrf']:.2f})")
+    lines.append("parity gate: passed" if report["passed"] else "parity gate: FAILED\n  " + "\n  ".join(report["failures"]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Export a checkpoint to a verified ONNX model version.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a checkpoint directory (e.g. runs/en-es/best)")
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
+    p.add_argument("--name", default="en-es", help="model name: the version goes to <repository>/<name>/<N>/")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--test", type=Path, required=True, help="TSV (source<TAB>reference) for the parity gate")
+    p.add_argument("--parity-sentences", type=int, default=0, help="use only the first N test pairs (0 = all)")
+    p.add_argument("--beam", type=int, default=4, help="beam size checked besides greedy")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--report", type=Path, help="also write the parity report here as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        pairs, _ = read_tsv(args.test, strict=True)
+    except (TsvError, OSError) as e:
+        print(f"rosetta-export: {e}", file=sys.stderr)
+        return 2
+    pairs = pairs[: args.parity_sentences or None]
+    version_dir, report = export_version(args.checkpoint, args.repository, args.name, pairs, precision=args.precision,
+                                         beam_sizes=(1, args.beam), batch_size=args.batch_size, progress=True)
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(summary(report), file=sys.stderr)
+    if version_dir is None:
+        print(f"rosetta-export: not published: the {args.precision} export failed its parity gate", file=sys.stderr)
+        return 1
+    print(f"published {version_dir}", file=sys.stderr)
+    print(json.dumps({"version_dir": str(version_dir), "passed": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`rosetta-evaluate`: translate a test set with a checkpoint or an exported version, and score it.
+
+    rosetta-evaluate --model PATH --test FILE.tsv [--beam N] [--batch-size N]
+
+A stable contract that other tools call. FILE.tsv holds `source<TAB>reference` lines (no
+header); a malformed line is an error naming it (exit 2). PATH is a checkpoint directory
+(decoded by the PyTorch reference decoder) or a model version directory with a manifest
+(decoded by ONNX Runtime, as the server does). Progress goes to stderr; the last line on
+stdout is one JSON object with `bleu`, `chrf` (sacreBLEU defaults), `sentences` and
+`seconds`, plus the beam size, the engine and the model path.
+
+It lives in export/ because it is the one tool that stands on both sides of the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from model.scoring import score_translations
+from model.tsv import TsvError, read_tsv
+from server.repository import MANIFEST
+
+
+def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_size: int,
+                           length_penalty: float, device: str) -> tuple[list[str], str]:
+    from server.sessions import SessionConfig
+    from server.translator import Translator
+
+    translator = Translator(path, SessionConfig.from_env(device=device))
+    with tqdm(total=len(sources), desc="translate", unit="sent", file=sys.stderr) as bar:
+        hypotheses = translator.translate(sources, beam_size=beam, batch_size=batch_size,
+                                          length_penalty=length_penalty, on_batch=bar.update)
+    return hypotheses, f"onnxruntime ({translator.provider}, {translator.manifest.precision})"
+
+
+def translate_with_checkpoint(path: Path, sources: list[str], *, beam: int, batch_size: int,
+                              length_penalty: float) -> tuple[list[str], str]:
+    from model.checkpoint import load_checkpoint
+    from model.decode_options import DecodeOptions
+    from model.evaluate import translate_texts
+
+    checkpoint = load_checkpoint(path)
+    options = DecodeOptions(beam_size=beam, length_penalty=length_penalty)
+    hypotheses = translate_texts(checkpoint.model, checkpoint.tokenizer, sources, options=options,
+                                 batch_size=batch_size, progress=True)
+    return hypotheses, "pytorch"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Translate a TSV test set (source<TAB>reference) and score it.")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a checkpoint directory, or a model version directory (models/<name>/<version>)")
+    parser.add_argument("--test", type=Path, required=True, help="TSV file: source<TAB>reference, no header")
+    parser.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per decoding batch")
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], help="for a model version (default: auto)")
+    parser.add_argument("--output", type=Path, help="also write the translations here, one per line")
+    args = parser.parse_args(argv)
+    try:
+        pairs, _ = read_tsv(args.test, strict=True)
+    except (TsvError, OSError) as e:
+        print(f"rosetta-evaluate: {e}", file=sys.stderr)
+        return 2
+    if not pairs:
+        print(f"rosetta-evaluate: {args.test} holds no pairs", file=sys.stderr)
+        return 2
+    sources = [s for s, _ in pairs]
+    start = time.perf_counter()
+    options = dict(beam=args.beam, batch_size=args.batch_size, length_penalty=args.length_penalty)
+    if (args.model / MANIFEST).is_file():
+        hypotheses, engine = translate_with_version(args.model, sources, device=args.device, **options)
+    else:
+        hypotheses, engine = translate_with_checkpoint(args.model, sources, **options)
+    seconds = time.perf_counter() - start
+    if args.output:
+        args.output.write_text("".join(h + "\n" for h in hypotheses))
+    result = score_translations(hypotheses, [r for _, r in pairs])
+    result.update({"sentences": len(pairs), "seconds": round(seconds, 3), "beam": args.beam,
+                   "model": str(args.model), "engine": engine})
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

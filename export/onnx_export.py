@@ -1,0 +1,87 @@
+"""PyTorch model -> encoder.onnx and decoder.onnx, with dynamic batch, source and past lengths.
+
+The current exporter (`torch.onnx.export(..., dynamo=True)`) traces the model with
+torch.export and translates the graph with onnxscript's torchlib. The opset is pinned at 18:
+torchlib's functions are written in opset 18 (TORCHLIB_OPSET in torch 2.13), so the graphs
+need no version-conversion pass, and the pinned onnxruntime (1.31) runs opsets well beyond it.
+
+Exporter pitfall: an example input of size 0 or 1 on a dynamic axis is specialised into a
+constant. The example inputs therefore use batch 3, source length 7 and past length 4; the
+parity check then runs batch 1, past 0 and the other edges explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import Dim
+
+from export.graphs import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, DecoderStepGraph, EncoderGraph
+from model.transformer import Transformer
+
+OPSET = 18
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+MAX_BATCH = 4096
+
+log = logging.getLogger("rosetta.export")
+
+
+def _dims(model: Transformer) -> tuple[Dim, Dim, Dim]:
+    c = model.config
+    return (Dim("batch", min=1, max=MAX_BATCH), Dim("source_len", min=1, max=c.max_positions),
+            Dim("past_len", min=0, max=c.max_positions - 1))
+
+
+def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past_len: int = 4):
+    """Inputs of the decoder step with sizes >= 2 on every dynamic axis."""
+    c = model.config
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randint(4, c.vocab_size, (batch, source_len), generator=generator)
+    source[:, -1] = c.eos_id
+    source[0, 3:] = c.pad_id  # one padded row, so masking is traced as data, not as a constant
+    source[0, 2] = c.eos_id
+    with torch.no_grad():
+        cross_k, cross_v = model.cross_kv(model.encode(source))
+        prefix = torch.randint(4, c.vocab_size, (batch, past_len), generator=generator)
+        past_k, past_v = model.empty_cache(batch)
+        _, past_k, past_v = model.decode(prefix, cross_k, cross_v, model.source_mask(source), past_k, past_v)
+    tokens = torch.randint(4, c.vocab_size, (batch, 1), generator=generator)
+    return source, (tokens, cross_k, cross_v, model.source_mask(source), past_k, past_v)
+
+
+def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+            dynamic_shapes: dict, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter; failures still raise
+        program = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=OPSET,
+                                    external_data=False, verbose=False)
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
+    """Write the encoder and decoder-step graphs of `model` (fp32) into `out_dir`.
+
+    Returns the graph files by role. Each graph passes onnx.checker's full check (shape
+    inference included) before this returns.
+    """
+    model = model.eval()
+    batch, source_len, past_len = _dims(model)
+    source, step_args = example_inputs(model)
+    log.info("exporting the encoder")
+    _export(EncoderGraph(model), (source,), ENCODER_INPUTS, ENCODER_OUTPUTS,
+            {"source_ids": {0: batch, 1: source_len}}, out_dir / ENCODER_FILE)
+    log.info("exporting the decoder step")
+    cache = {1: batch, 3: past_len}
+    cross = {1: batch, 3: source_len}
+    _export(DecoderStepGraph(model), step_args, DECODER_INPUTS, DECODER_OUTPUTS,
+            {"tokens": {0: batch}, "cross_keys": cross, "cross_values": cross,
+             "source_mask": {0: batch, 1: source_len}, "past_keys": cache, "past_values": cache},
+            out_dir / DECODER_FILE)
+    return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

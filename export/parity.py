@@ -1,0 +1,186 @@
+"""The parity gate: does an exported version compute what its PyTorch checkpoint computes?
+
+Two checks, both run by every export before the version is published:
+
+1. Tensors. Encoder outputs and decoder-step logits and caches, ONNX Runtime against PyTorch,
+   on padded batches of mixed lengths across the shape ranges (batch 1 to 64, source length 1
+   to the maximum, past length 0 to the maximum), random ids and real sentences.
+2. Translations. Greedy and beam search through the project's ONNX Runtime decode loop
+   (server/decoding.py) against the PyTorch reference decoder on a test set: token agreement,
+   and sacreBLEU / chrF of each.
+
+Tolerances by precision (`TOLERANCES`), and why:
+- fp32: 1e-4 max abs difference. Both engines compute in fp32; kernels sum in different orders,
+  which moves results by ~1e-6 relative, so 1e-4 on logits of magnitude ~10 is generous for
+  rounding and far below anything a bug produces. Translations must be token-identical.
+- int8: weights and activations are quantised (~1% relative error per matmul), so tensors
+  differ visibly and no token identity is expected; the gate is quality: BLEU may drop by at
+  most 1.0 against fp32.
+- fp16: ~1e-3 relative precision; logits may differ by up to 0.1 and BLEU may drop by at most 0.5.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.batching import pad
+from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
+from model.decoding import translate_ids as reference_translate_ids
+from model.scoring import score_translations
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+from server.decoding import translate_ids as onnx_translate_ids
+from server.graphs import OnnxGraphs
+from server.translator import pad_ids
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_abs_diff: float | None  # tensors; None: reported, not gated
+    identical_tokens: bool  # translations must match the reference token for token
+    max_bleu_drop: float  # against the fp32 PyTorch reference
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_abs_diff=1e-4, identical_tokens=True, max_bleu_drop=0.0),
+    "int8": Tolerance(max_abs_diff=None, identical_tokens=False, max_bleu_drop=1.0),
+    "fp16": Tolerance(max_abs_diff=0.1, identical_tokens=False, max_bleu_drop=0.5),
+}
+
+# (batch, source length, past length); None = the model's maximum. Edges of every dynamic axis,
+# batch and past 0 and 1 included, plus sizes never used when exporting.
+SHAPE_CASES = [(1, 1, 0), (1, 5, 1), (2, 9, 0), (3, 7, 4), (64, 12, 2), (5, None, 0), (4, 16, None),
+               (17, 30, 11), (64, 41, 23)]
+
+
+def _random_sources(config, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, length) ids: the first row full length, the others random shorter, right-padded."""
+    ids = np.full((batch, length), config.pad_id, dtype=np.int64)
+    for row in range(batch):
+        n = length if row == 0 else int(rng.integers(1, length + 1))
+        ids[row, : n - 1] = rng.integers(4, config.vocab_size, n - 1)
+        ids[row, n - 1] = config.eos_id
+    return ids
+
+
+@torch.no_grad()
+def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, past_len: int,
+                  rng: np.random.Generator) -> dict[str, float]:
+    """Max abs differences of encoder outputs, and of a decoder step after `past_len` cached tokens."""
+    c = model.config
+    src = torch.from_numpy(source)
+    ref_k, ref_v = model.cross_kv(model.encode(src))
+    onnx_k, onnx_v = graphs.encode(source)
+    mask = source != c.pad_id
+    prefix = torch.from_numpy(rng.integers(4, c.vocab_size, (source.shape[0], past_len + 1)))
+    past_k, past_v = model.empty_cache(source.shape[0])
+    if past_len:
+        _, past_k, past_v = model.decode(prefix[:, :past_len], ref_k, ref_v, src != c.pad_id, past_k, past_v)
+    ref_logits, ref_pk, ref_pv = model.decode(prefix[:, past_len:], ref_k, ref_v, src != c.pad_id, past_k, past_v)
+    out = graphs.step(prefix[:, past_len:].numpy(), ref_k.numpy().astype(graphs.dtype),
+                      ref_v.numpy().astype(graphs.dtype), mask, past_k.numpy().astype(graphs.dtype),
+                      past_v.numpy().astype(graphs.dtype))
+
+    def diff(a: np.ndarray, b: torch.Tensor) -> float:
+        return float(np.abs(a.astype(np.float32) - b.numpy()).max())
+
+    return {"encoder": max(diff(onnx_k, ref_k), diff(onnx_v, ref_v)), "logits": diff(out.logits, ref_logits[:, -1]),
+            "cache": max(diff(out.keys, ref_pk), diff(out.values, ref_pv))}
+
+
+def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[list[int]], seed: int = 0) -> dict:
+    """Max abs differences over SHAPE_CASES with random ids, and over batches of real sentences."""
+    c = model.config
+    rng = np.random.default_rng(seed)
+    results = []
+    for batch, length, past in SHAPE_CASES:
+        length = c.max_positions if length is None else min(length, c.max_positions)
+        past = c.max_positions - 1 if past is None else min(past, c.max_positions - 1)
+        diffs = _compare_step(model, graphs, _random_sources(c, batch, length, rng), past, rng)
+        results.append({"batch": batch, "source_len": length, "past_len": past, **diffs})
+    for start in range(0, min(len(real_sources), 128), 32):
+        chunk = real_sources[start: start + 32]
+        diffs = _compare_step(model, graphs, pad_ids(chunk, c.pad_id), int(rng.integers(0, 20)), rng)
+        results.append({"batch": len(chunk), "source_len": max(map(len, chunk)), "past_len": -1, "real": True,
+                        **diffs})
+    return {
+        "cases": len(results),
+        "max_abs_diff": {key: max(r[key] for r in results) for key in ("encoder", "logits", "cache")},
+        "shapes": [(r["batch"], r["source_len"], r["past_len"]) for r in results],
+    }
+
+
+def _decode_all(decode: Callable[[list[list[int]]], list[list[Hypothesis]]], sources: list[list[int]],
+                batch_size: int, progress: Callable[[int], None] | None) -> list[list[int]]:
+    tokens: list[list[int]] = [[] for _ in sources]
+    for chunk in length_sorted_batches([len(s) for s in sources], batch_size):
+        for i, hyps in zip(chunk, decode([sources[i] for i in chunk])):
+            tokens[i] = hyps[0].tokens
+        if progress:
+            progress(len(chunk))
+    return tokens
+
+
+def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]],
+                       beam_size: int, *, batch_size: int = 32,
+                       progress: Callable[[int], None] | None = None) -> dict:
+    """Decode `pairs`' sources with both engines; token agreement and scores of each."""
+    options = DecodeOptions(beam_size=beam_size)
+    sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
+    references = [t for _, t in pairs]
+    report = {"beam_size": beam_size, "sentences": len(pairs)}
+    outputs = {}
+    for engine, decode in (
+        ("pytorch", lambda chunk: reference_translate_ids(model, pad(chunk), options)),
+        ("onnxruntime", lambda chunk: onnx_translate_ids(graphs, pad_ids(chunk, model.config.pad_id), options)),
+    ):
+        start = time.perf_counter()
+        outputs[engine] = _decode_all(decode, sources, batch_size, progress)
+        texts = tokenizer.decode_batch(outputs[engine])
+        report[engine] = {**score_translations(texts, references), "seconds": round(time.perf_counter() - start, 2)}
+    differing = [i for i, (a, b) in enumerate(zip(outputs["pytorch"], outputs["onnxruntime"])) if a != b]
+    report["identical"] = len(pairs) - len(differing)
+    report["first_differences"] = differing[:10]
+    report["bleu_change"] = report["onnxruntime"]["bleu"] - report["pytorch"]["bleu"]
+    return report
+
+
+def judge(report: dict, precision: str) -> list[str]:
+    """The gate: the ways `report` falls outside its precision's tolerance (empty = passed)."""
+    tolerance = TOLERANCES[precision]
+    failures = []
+    diffs = report["tensors"]["max_abs_diff"]
+    if tolerance.max_abs_diff is not None:
+        failures += [f"{name} max abs diff {value:.3g} > {tolerance.max_abs_diff:g}"
+                     for name, value in diffs.items() if value > tolerance.max_abs_diff]
+    for run in report["translations"]:
+        name = "greedy" if run["beam_size"] == 1 else f"beam {run['beam_size']}"
+        if tolerance.identical_tokens and run["identical"] != run["sentences"]:
+            failures.append(f"{name}: {run['sentences'] - run['identical']} of {run['sentences']} translations differ "
+                            f"from PyTorch (first at sentences {run['first_differences']})")
+        if -run["bleu_change"] > tolerance.max_bleu_drop + 1e-9:
+            failures.append(f"{name}: BLEU {run['onnxruntime']['bleu']:.2f} is {-run['bleu_change']:.2f} below "
+                            f"PyTorch's {run['pytorch']['bleu']:.2f} (allowed: {tolerance.max_bleu_drop})")
+    return failures
+
+
+def verify(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]], precision: str,
+           *, beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
+           progress: Callable[[int], None] | None = None) -> dict:
+    """The full parity report of an exported version, with its verdict under `precision`'s tolerance."""
+    sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
+    report = {
+        "precision": precision,
+        "tolerance": TOLERANCES[precision].__dict__,
+        "tensors": tensor_parity(model, graphs, sources),
+        "translations": [translation_parity(model, graphs, tokenizer, pairs, beam, batch_size=batch_size,
+                                            progress=progress) for beam in beam_sizes],
+    }
+    report["failures"] = judge(report, precision)
+    report["passed"] = not report["failures"]
+    return report

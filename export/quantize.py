@@ -1,0 +1,58 @@
+"""Reduced-precision variants of exported fp32 graphs.
+
+int8 (for CPUs): dynamic quantization. Weights of every MatMul are stored as int8, one scale per
+output channel (per-channel keeps the small-magnitude columns of attention and FFN weights
+from being rounded to zero); activations are quantised on the fly per call, so no calibration
+data is needed. ONNX Runtime runs the resulting MatMulInteger with VNNI/AMX where the CPU has them.
+
+fp16 (for GPUs): every float tensor, inputs, outputs and the cache included, in half precision,
+so the cache moves at half the bytes and the GPU's tensor cores do the matmuls. Softmax and
+LayerNorm inputs stay in range at this model's scale; the parity gate checks the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+PRECISIONS = ("fp32", "int8", "fp16")
+
+log = logging.getLogger("rosetta.export")
+
+
+def to_int8(path: Path) -> str:
+    """Quantise the graph at `path` in place; returns a description for the manifest."""
+    tmp = path.with_suffix(".int8.tmp")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice through the root logger
+    try:
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+    tmp.replace(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    return "int8 dynamic quantization of MatMul weights (per channel, signed)"
+
+
+def to_fp16(path: Path) -> str:
+    """Convert the graph at `path` to fp16 in place; returns a description for the manifest."""
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return "fp16 weights, activations, inputs and outputs"
+
+
+def convert(paths: list[Path], precision: str) -> list[str]:
+    """Bring fp32 graphs to `precision` in place; returns what was applied."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return []
+    step = to_int8 if precision == "int8" else to_fp16
+    applied = [step(p) for p in paths]
+    return sorted(set(applied))

@@ -1,0 +1,148 @@
+"""Greedy and beam search over the exported graphs: the project's one ONNX Runtime decode loop.
+
+The server, the CLI, `rosetta-evaluate` on a model version, the export's parity gate and the
+benchmarks all decode through `translate_ids`. It follows the PyTorch reference decoder
+(model/decoding.py) rule for rule, sharing its options, output budget, scoring and beam
+bookkeeping (model/decode_options.py), so the two are token-identical in fp32:
+
+- Every sentence has its own output budget, so its translation never depends on its batch.
+- Finished sentences leave the batch: their rows stop costing compute.
+- The key/value cache stays a pair of stacked arrays (L, B, H, P, Dh); beams reorder it by
+  row index once per step.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
+from server.graphs import OnnxGraphs
+
+
+def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+    """Decode a batch of source ids (B, S) int64, EOS-terminated and right-padded.
+
+    Returns, for each sentence, `options.n_best` hypotheses, best first.
+    """
+    if source_ids.shape[0] == 0:
+        return []
+    if options.beam_size == 1:
+        return _greedy(graphs, source_ids, options)
+    return _beam(graphs, source_ids, options)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _step_log_probs(logits: np.ndarray, graphs: OnnxGraphs, step: int, options: DecodeOptions) -> np.ndarray:
+    """Log-probabilities of the next token; PAD and BOS are never generated, EOS not before min_length."""
+    c = graphs.config
+    log_probs = log_softmax(logits.astype(np.float32, copy=False))
+    log_probs[:, c.pad_id] = -np.inf
+    log_probs[:, c.bos_id] = -np.inf
+    if step < options.min_length:
+        log_probs[:, c.eos_id] = -np.inf
+    return log_probs
+
+
+def _limits(graphs: OnnxGraphs, source_mask: np.ndarray, options: DecodeOptions) -> list[int]:
+    return [options.target_limit(int(n), graphs.config.max_positions) for n in source_mask.sum(axis=1)]
+
+
+def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+    c = graphs.config
+    batch = source_ids.shape[0]
+    source_mask = source_ids != c.pad_id
+    limits = _limits(graphs, source_mask, options)
+    cross_k, cross_v = graphs.encode(source_ids)
+    past_k, past_v = graphs.empty_cache(batch)
+    tokens = np.full((batch, 1), c.bos_id, dtype=np.int64)
+    active = list(range(batch))  # original index of each live row
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    scores = [0.0] * batch
+    step = 0
+    while active:
+        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v)
+        past_k, past_v = out.keys, out.values
+        log_probs = _step_log_probs(out.logits, graphs, step, options)
+        best = log_probs.argmax(axis=-1)
+        best_scores = log_probs[np.arange(len(best)), best]
+        step += 1
+        keep = []
+        for row, sentence in enumerate(active):
+            token = int(best[row])
+            scores[sentence] += float(best_scores[row])
+            if token == c.eos_id:
+                continue
+            outputs[sentence].append(token)
+            if step < limits[sentence]:
+                keep.append(row)
+        if len(keep) < len(active):
+            cross_k, cross_v, past_k, past_v = (a[:, keep] for a in (cross_k, cross_v, past_k, past_v))
+            source_mask, best = source_mask[keep], best[keep]
+            active = [active[r] for r in keep]
+        tokens = best[:, None].astype(np.int64)
+    return [
+        [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
+        for out, score, limit in zip(outputs, scores, limits)
+    ]
+
+
+def top_candidates(candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best scores of each row and their column indices, best first."""
+    index = np.argpartition(-candidates, n - 1, axis=1)[:, :n]
+    scores = np.take_along_axis(candidates, index, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(index, order, axis=1)
+
+
+def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+    c = graphs.config
+    k = options.beam_size
+    batch = source_ids.shape[0]
+    source_mask = source_ids != c.pad_id
+    limits = _limits(graphs, source_mask, options)
+    # Every sentence's cross-attention cache is repeated for its K beams once, up front.
+    beam_rows = np.repeat(np.arange(batch), k)
+    cross_k, cross_v = (a[:, beam_rows] for a in graphs.encode(source_ids))
+    source_mask = source_mask[beam_rows]
+    past_k, past_v = graphs.empty_cache(batch * k)
+    tokens = np.full((batch * k, 1), c.bos_id, dtype=np.int64)
+    # Only beam 0 is real at the start; the others would duplicate it.
+    beam_scores = np.full((batch, k), -np.inf, dtype=np.float32)
+    beam_scores[:, 0] = 0.0
+    sentences = [SentenceBeams(k) for _ in range(batch)]
+    active = list(range(batch))
+    step = 0
+    while active:
+        n = len(active)
+        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v)
+        log_probs = _step_log_probs(out.logits, graphs, step, options)  # (n*K, V)
+        vocab = log_probs.shape[-1]
+        candidates = (beam_scores.reshape(n * k, 1) + log_probs).reshape(n, k * vocab)
+        top_scores, top_index = top_candidates(candidates, 2 * k)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        step += 1
+        next_origin, next_token, next_score, keep_sentences = [], [], [], []
+        for i, sentence in enumerate(active):
+            live = sentences[sentence].advance(top_scores[i], top_index[i], vocab, step, limits[sentence], options,
+                                               c.eos_id)
+            if live is None:
+                continue
+            keep_sentences.append(i)
+            next_origin.extend(i * k + o for o, _, _ in live)
+            next_token.extend(t for _, t, _ in live)
+            next_score.extend(s for _, _, s in live)
+        if not keep_sentences:
+            break
+        past_k, past_v = out.keys[:, next_origin], out.values[:, next_origin]
+        if len(keep_sentences) < n:
+            rows = [i * k + b for i in keep_sentences for b in range(k)]
+            cross_k, cross_v, source_mask = cross_k[:, rows], cross_v[:, rows], source_mask[rows]
+            active = [active[i] for i in keep_sentences]
+        tokens = np.array(next_token, dtype=np.int64)[:, None]
+        beam_scores = np.array(next_score, dtype=np.float32).reshape(len(active), k)
+    return [s.n_best(options.n_best) for s in sentences]

@@ -1,0 +1,133 @@
+"""ONNX Runtime sessions: execution-provider choice and session options, decided in one place.
+
+Providers: CUDA first, CPU as the fallback. `onnxruntime-gpu` lists the CUDA provider even on
+machines without CUDA; its library then fails to load and ONNX Runtime prints a long raw error
+before quietly running on the CPU. So the CUDA provider library is probed first: where it
+cannot load, one clear log line says why and the CPU is used (device "auto"), or loading
+fails with that reason (device "cuda").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger("rosetta.sessions")
+
+DEVICES = ("auto", "cuda", "cpu")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device cannot be used on this machine."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How graphs are run.
+
+    device: "auto" (CUDA when usable, else CPU), "cuda" (an error without a usable GPU) or "cpu".
+    intra_op_threads: threads inside one operator; 0 = one per core.
+    inter_op_threads: operators run in parallel; decoder graphs are a chain, so 1.
+    spinning: let idle intra-op threads spin. Off: the Python decode loop leaves gaps between
+        graph calls, and spinning threads would burn the cores that the loop needs.
+    optimization: ONNX Runtime graph optimization level: "disable", "basic", "extended" or "all".
+    """
+
+    device: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    spinning: bool = False
+    optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.optimization not in _LEVELS:
+            raise ValueError(f"optimization must be one of {sorted(_LEVELS)}, got {self.optimization!r}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 1:
+            raise ValueError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
+
+    @classmethod
+    def from_env(cls, **overrides) -> SessionConfig:
+        """Defaults, then ROSETTA_DEVICE / ROSETTA_THREADS from the environment, then `overrides`."""
+        values = {}
+        if os.environ.get("ROSETTA_DEVICE"):
+            values["device"] = os.environ["ROSETTA_DEVICE"]
+        if os.environ.get("ROSETTA_THREADS"):
+            values["intra_op_threads"] = int(os.environ["ROSETTA_THREADS"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@cache
+def cuda_unavailable_reason() -> str | None:
+    """None where the CUDA provider can load; otherwise why not, in one line."""
+    if CUDA not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as e:
+        return f"its library cannot load ({e}); it needs CUDA 13 and cuDNN 9 (see README, GPU notes)"
+    return None
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers to ask for, best first, for a device setting."""
+    if device == "cpu":
+        return [CPU]
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise DeviceUnavailableError(f"device 'cuda' was asked for, but the CUDA execution provider is unusable: {reason}")
+    _log_fallback_once(reason)
+    return [CPU]
+
+
+@cache
+def _log_fallback_once(reason: str) -> None:
+    log.warning("CUDA execution provider unavailable, running on CPU: %s", reason)
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _LEVELS[config.optimization]
+    options.intra_op_num_threads = config.intra_op_threads or os.cpu_count() or 1
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are noise to operators
+    return options
+
+
+def create_session(path: str | Path, config: SessionConfig) -> ort.InferenceSession:
+    """A session for one graph on the configured device.
+
+    With device "cuda", a GPU that the provider library found but could not use is an error
+    too: the session would otherwise run on the CPU without saying so.
+    """
+    providers = providers_for(config.device)
+    session = ort.InferenceSession(str(path), session_options(config), providers=providers)
+    if providers[0] == CUDA and session.get_providers()[0] != CUDA:
+        reason = "the CUDA provider loaded but found no usable GPU"
+        if config.device == "cuda":
+            raise DeviceUnavailableError(f"device 'cuda' was asked for, but {reason}")
+        _log_fallback_once(reason)
+    return session

@@ -1,0 +1,93 @@
+"""Text in, text out: a model version's tokenizer and graphs behind one call.
+
+    translator = Translator("models/en-es/1")
+    translator.translate(["Hello world."], beam_size=4)
+
+Resources (sessions, tokenizer) are loaded once, in the constructor; decoding options are
+keyword arguments of each call. No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
+from model.tokenizer import Tokenizer
+from server.decoding import translate_ids
+from server.graphs import OnnxGraphs
+from server.sessions import SessionConfig
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    score: float  # normalized log-probability
+    tokens: int  # generated tokens, EOS excluded
+
+
+def pad_ids(sequences: list[list[int]], pad_id: int) -> np.ndarray:
+    """Right-pad id lists into a (B, max_len) int64 array."""
+    out = np.full((len(sequences), max(len(s) for s in sequences)), pad_id, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+class Translator:
+    """A loaded model version, ready to translate."""
+
+    def __init__(self, version_dir: str | Path, session_config: SessionConfig = SessionConfig()) -> None:
+        self.graphs = OnnxGraphs(version_dir, session_config)
+        self.manifest = self.graphs.manifest
+        self.tokenizer = Tokenizer.load(self.graphs.dir / self.manifest.tokenizer)
+
+    @property
+    def provider(self) -> str:
+        return self.graphs.provider
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Model input ids of each text. Raises SourceTooLongError (a ValueError) for an over-long text."""
+        return self.tokenizer.encode_sources(list(texts), self.graphs.config.max_positions)
+
+    def translate_hypotheses(
+        self,
+        texts: Sequence[str],
+        *,
+        beam_size: int = 4,
+        length_penalty: float = 1.0,
+        min_length: int = 0,
+        max_length: int | None = None,
+        n_best: int = 1,
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[list[Translation]]:
+        """The n best translations of each text, best first.
+
+        beam_size: 1 = greedy search. length_penalty: scores are log p / length**length_penalty.
+        min_length / max_length: generated tokens (max_length None = twice the source plus 10).
+        n_best: translations returned per text (at most beam_size).
+        batch_size: sentences decoded together; texts are grouped by length to limit padding.
+        on_batch: called with the number of texts after each batch (progress reporting).
+        """
+        options = DecodeOptions(beam_size=beam_size, length_penalty=length_penalty, min_length=min_length,
+                                max_length=max_length, n_best=n_best)
+        encoded = self.encode(texts)
+        results: list[list[Translation]] = [[] for _ in encoded]
+        for chunk in length_sorted_batches([len(e) for e in encoded], batch_size):
+            ids = pad_ids([encoded[i] for i in chunk], self.graphs.config.pad_id)
+            for i, hyps in zip(chunk, translate_ids(self.graphs, ids, options)):
+                results[i] = [self._translation(h) for h in hyps]
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return results
+
+    def translate(self, texts: Sequence[str], **options) -> list[str]:
+        """The best translation of each text; options as in `translate_hypotheses`."""
+        return [hyps[0].text for hyps in self.translate_hypotheses(texts, **options)]
+
+    def _translation(self, hypothesis: Hypothesis) -> Translation:
+        return Translation(self.tokenizer.decode(hypothesis.tokens), hypothesis.score, len(hypothesis.tokens))

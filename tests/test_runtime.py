@@ -1,0 +1,123 @@
+"""The ONNX Runtime side: torch-free, device selection with a clear fallback, equal to the reference."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.checkpoint import load_checkpoint
+from model.decode_options import DecodeOptions
+from model.evaluate import translate_hypotheses
+from server import sessions
+from server.decoding import translate_ids
+from server.sessions import DeviceUnavailableError, SessionConfig
+from server.translator import Translator, pad_ids
+from tests.builders import tiny_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_version) -> Translator:
+    return Translator(tiny_version, SessionConfig(device="cpu"))
+
+
+def test_the_runtime_never_imports_torch():
+    """In a clean interpreter, loading and running everything under server/ leaves torch unimported."""
+    code = ("import sys, pkgutil, importlib, server\n"
+            "for m in pkgutil.iter_modules(server.__path__): importlib.import_module('server.' + m.name)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_memorised_pairs_come_back_through_onnx_runtime(translator):
+    pairs = tiny_pairs()
+    for beam in (1, 4):
+        assert translator.translate([s for s, _ in pairs], beam_size=beam) == [t for _, t in pairs]
+
+
+def test_greedy_and_beam_equal_the_pytorch_reference(translator, tiny_checkpoint):
+    """Token for token and score for score, including n-best lists and length options."""
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    texts = [s for s, _ in tiny_pairs()] + ["The dog.", "Red white old small house table."]
+    for options in (DecodeOptions(), DecodeOptions(beam_size=4, n_best=4), DecodeOptions(beam_size=3, min_length=6),
+                    DecodeOptions(beam_size=2, max_length=3, length_penalty=0.0)):
+        reference = translate_hypotheses(checkpoint.model, checkpoint.tokenizer, texts, options=options)
+        ids = translator.encode(texts)
+        ours = translate_ids(translator.graphs, pad_ids(ids, 0), options)
+        assert [[h.tokens for h in hyps] for hyps in ours] == [[h.tokens for h in hyps] for hyps in reference]
+        for a, b in zip(ours, reference):
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_batch_composition_never_changes_a_translation(translator):
+    """A sentence alone, and inside a padded batch of 32 of different lengths, decodes the same."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(2, 40, 32)
+    sources = [list(rng.integers(4, 300, n - 1)) + [3] for n in lengths]
+    batch = pad_ids(sources, 0)
+    for options in (DecodeOptions(max_length=12), DecodeOptions(beam_size=4, n_best=2, max_length=12)):
+        together = translate_ids(translator.graphs, batch, options)
+        for i in (0, 7, 31):
+            alone = translate_ids(translator.graphs, pad_ids([sources[i]], 0), options)[0]
+            assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+
+
+def test_n_best_is_ordered_and_lengths_are_respected(translator):
+    hyps = translator.translate_hypotheses(["The old cat."], beam_size=4, n_best=4, max_length=5)[0]
+    assert len(hyps) == 4
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    assert all(h.tokens <= 5 for h in hyps)
+    assert all(h.tokens >= 7 for h in translator.translate_hypotheses(["The cat."], beam_size=2, min_length=7)[0])
+
+
+def test_over_long_input_is_rejected_and_empty_batch_is_empty(translator):
+    with pytest.raises(ValueError, match="at most 64"):
+        translator.translate(["The cat.", " ".join(["house"] * 200)])
+    assert translator.translate([]) == []
+    assert translate_ids(translator.graphs, np.zeros((0, 3), dtype=np.int64), DecodeOptions()) == []
+
+
+def test_cpu_device_runs_on_the_cpu_provider(translator):
+    assert translator.provider == "CPUExecutionProvider"
+
+
+def test_cuda_unavailable_falls_back_with_one_clear_line(tiny_version, caplog, monkeypatch):
+    """This machine has onnxruntime-gpu without CUDA 13 / cuDNN 9: the real fallback path."""
+    monkeypatch.setattr(sessions, "cuda_unavailable_reason", lambda: "its library cannot load (libcublasLt.so.13)")
+    sessions._log_fallback_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="rosetta.sessions"):
+        translator = Translator(tiny_version, SessionConfig(device="auto"))
+    assert translator.provider == "CPUExecutionProvider"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "running on CPU" in lines[0] and "libcublasLt" in lines[0]
+    with pytest.raises(DeviceUnavailableError, match="device 'cuda' was asked for"):
+        Translator(tiny_version, SessionConfig(device="cuda"))
+
+
+def test_the_real_cuda_probe_names_what_is_missing():
+    reason = sessions.cuda_unavailable_reason()
+    if reason is None:  # a machine with a working CUDA provider: nothing to explain
+        assert sessions.providers_for("cuda")[0] == sessions.CUDA
+    else:
+        assert "cannot load" in reason or "no CUDA provider" in reason
+
+
+@pytest.mark.parametrize("bad", [dict(device="gpu"), dict(optimization="max"), dict(intra_op_threads=-1)])
+def test_bad_session_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        SessionConfig(**bad)
+
+
+def test_session_config_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("ROSETTA_DEVICE", "cpu")
+    monkeypatch.setenv("ROSETTA_THREADS", "3")
+    config = SessionConfig.from_env()
+    assert (config.device, config.intra_op_threads) == ("cpu", 3)
+    assert SessionConfig.from_env(device="auto").device == "auto"

@@ -18,7 +18,8 @@ class DecodeOptions:
     beam_size: 1 is greedy search; more keeps that many hypotheses per sentence.
     length_penalty: hypotheses are ranked by log-probability / length**length_penalty
         (0 = raw log-probability, which favours short outputs; 1 = per-token average).
-    min_length: generated tokens before EOS is allowed (EOS excluded from the count).
+    min_length: generated tokens before EOS is allowed (EOS excluded from the count);
+        min_length == max_length asks for exactly that many tokens (benchmarks use it).
     max_length: most generated tokens, EOS included; None means `auto_max_length`.
     n_best: hypotheses returned per sentence, best first (at most beam_size).
     """
@@ -38,8 +39,8 @@ class DecodeOptions:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
-        if self.max_length is not None and self.min_length >= self.max_length:
-            raise ValueError(f"min_length ({self.min_length}) must be below max_length ({self.max_length})")
+        if self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError(f"min_length ({self.min_length}) must not exceed max_length ({self.max_length})")
         if not 0.0 <= self.length_penalty <= 10.0:
             raise ValueError(f"length_penalty must be in [0, 10], got {self.length_penalty}")
 

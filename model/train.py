@@ -69,7 +69,7 @@ class TrainConfig:
     eval_every: int = 1000
     save_every: int = 250  # steps
     keep_checkpoints: int = 2
-    valid_bleu_sentences: int = 400  # greedy-decoded for validation BLEU; 0 = all
+    valid_bleu_sentences: int = 400  # greedy-decoded for validation BLEU, spread evenly over the file; 0 = all
     amp: bool = True  # mixed precision on CUDA
     cpu_bf16: bool = False  # bf16 autocast on CPU; see `cpu_has_bf16`
 
@@ -100,6 +100,17 @@ def label_smoothed_loss(model: Transformer, batch, label_smoothing: float) -> tu
     logits = model.logits(hidden[real])  # (N, V)
     loss = F.cross_entropy(logits.float(), batch.target_out[real], label_smoothing=label_smoothing, reduction="sum")
     return loss, int(real.sum())
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """n items spread evenly over `items` (all of them if n is 0 or too large).
+
+    A validation file often holds its domains one after the other; the first n lines would
+    measure only the first domain.
+    """
+    if n <= 0 or n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def cpu_has_bf16() -> bool:
@@ -265,7 +276,7 @@ class Run:
         for indices in token_batches(self.valid, self.config.max_tokens, seed=0, shuffle=False):
             loss, n = label_smoothed_loss(self.model, collate(self.valid, indices).to(self.device), 0.0)
             loss_sum, tokens = loss_sum + float(loss), tokens + n
-        sample = self.valid_pairs[: self.config.valid_bleu_sentences or None]
+        sample = evenly_spaced(self.valid_pairs, self.config.valid_bleu_sentences)
         hypotheses = translate_texts(self.model, self.tokenizer, [s for s, _ in sample], device=self.device)
         scores = score_translations(hypotheses, [t for _, t in sample])
         return {"step": self.step, "valid_loss": loss_sum / tokens, "valid_bleu": scores["bleu"],

@@ -93,7 +93,7 @@ def test_over_long_input_is_rejected_not_truncated(tiny):
 
 
 @pytest.mark.parametrize("bad", [dict(beam_size=0), dict(beam_size=2, n_best=3), dict(min_length=-1),
-                                 dict(max_length=0), dict(min_length=5, max_length=5), dict(length_penalty=-1)])
+                                 dict(max_length=0), dict(min_length=6, max_length=5), dict(length_penalty=-1)])
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ValueError):
         DecodeOptions(**bad)

@@ -47,13 +47,21 @@ def test_greedy_and_beam_equal_the_pytorch_reference(translator, tiny_checkpoint
     checkpoint = load_checkpoint(tiny_checkpoint)
     texts = [s for s, _ in tiny_pairs()] + ["The dog.", "Red white old small house table."]
     for options in (DecodeOptions(), DecodeOptions(beam_size=4, n_best=4), DecodeOptions(beam_size=3, min_length=6),
-                    DecodeOptions(beam_size=2, max_length=3, length_penalty=0.0)):
+                    DecodeOptions(beam_size=2, max_length=3, length_penalty=0.0),
+                    DecodeOptions(beam_size=4, min_length=5, max_length=5)):
         reference = translate_hypotheses(checkpoint.model, checkpoint.tokenizer, texts, options=options)
         ids = translator.encode(texts)
         ours = translate_ids(translator.graphs, pad_ids(ids, 0), options)
         assert [[h.tokens for h in hyps] for hyps in ours] == [[h.tokens for h in hyps] for hyps in reference]
         for a, b in zip(ours, reference):
             assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_equal_min_and_max_length_give_exactly_that_many_tokens(translator):
+    for beam in (1, 3):
+        hyps = translator.translate_hypotheses(["The cat.", "The old red house."], beam_size=beam, n_best=beam,
+                                               min_length=9, max_length=9)
+        assert {h.tokens for sentence in hyps for h in sentence} == {9}
 
 
 def test_batch_composition_never_changes_a_translation(translator):

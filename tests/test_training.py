@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
-from model.train import inverse_sqrt, main
+from model.train import evenly_spaced, inverse_sqrt, main
 from model.tsv import TsvError, read_tsv
 from tests.builders import random_batch, tiny_pairs
 from tests.conftest import TINY_MODEL_ARGS
@@ -128,6 +128,12 @@ def test_bf16_autocast_training_learns(tiny_corpus, tmp_path):
               if "train_loss" in line]
     assert len(losses) == 6 and all(map(math.isfinite, losses))
     assert losses[-1] < losses[0] / 2
+
+
+def test_validation_sample_spans_the_whole_file():
+    items = list(range(1000))
+    assert evenly_spaced(items, 4) == [0, 250, 500, 750]
+    assert evenly_spaced(items, 0) == items and evenly_spaced(items[:3], 10) == [0, 1, 2]
 
 
 def test_learning_rate_warms_up_then_decays():

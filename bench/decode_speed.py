@@ -1,0 +1,303 @@
+"""Decoding speed of every engine on the fixed workload (../shared/bench/workload.toml).
+
+    .venv/bin/python bench/decode_speed.py                      # all archs and engines
+    .venv/bin/python bench/decode_speed.py --archs small --engines pytorch onnxruntime-fp32
+
+For each architecture a random model is built from its config with the workload's seed,
+saved as a checkpoint and exported through `rosetta-export`'s own code path (fp32 and int8,
+each through the parity gate on a few sentences), so every engine runs the same weights. Each
+engine then runs in a fresh worker process (its own thread pools and peak-memory figure) over
+the same source ids, generating exactly `target_length` tokens per sentence (EOS suppressed).
+
+Timing: one warm-up pass, then `timed_reps` passes; the median is reported with min and max.
+Around each pass the CPU time of other processes is read from /proc/stat; a pass during which
+they used more than a fifth of one core is repeated (up to 3 times) and flagged if still disturbed.
+
+Results: printed as a table, and written as JSON (bench/results/latest.json by default) with,
+for each arch, engine and mode, tokens/s and the ratios to the PyTorch reference and to
+CTranslate2 at the same precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOAD = ROOT.parent / "shared" / "bench" / "workload.toml"
+ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-int8", "ctranslate2-fp32", "ctranslate2-int8"]
+DISTURBED_CORE_SHARE = 0.2
+
+
+# --- the workload ---------------------------------------------------------------------------
+def load_workload(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def workload_sources(workload: dict, eos_id: int, first_regular_id: int = 4) -> list[list[int]]:
+    """The workload's source sentences: random regular ids, then EOS."""
+    spec = workload["inputs"]
+    rng = np.random.default_rng(spec["seed"])
+    ids = rng.integers(first_regular_id, workload["vocab"]["size"], (spec["num_sentences"], spec["source_length"]))
+    return [row.tolist() + [eos_id] for row in ids]
+
+
+# --- preparing the models -------------------------------------------------------------------
+def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path) -> Path:
+    """Checkpoint and exported versions (fp32, int8) of the arch's random model, built once."""
+    import torch
+
+    from export.cli import export_version
+    from model.checkpoint import save_checkpoint
+    from model.config import ModelConfig
+    from model.tokenizer import Tokenizer
+    from model.transformer import Transformer
+    from model.tsv import read_tsv
+
+    arch_dir = cache / f"{arch}-v{workload['version']}"
+    if (arch_dir / "ready").exists():
+        return arch_dir
+    spec = workload["archs"][arch]
+    pairs, _ = read_tsv(tokenizer_corpus)
+    tokenizer = Tokenizer.train((t for pair in pairs for t in pair), vocab_size=workload["vocab"]["size"])
+    torch.manual_seed(spec["model_seed"])
+    config = ModelConfig(vocab_size=workload["vocab"]["size"], d_model=spec["d_model"], heads=spec["heads"],
+                         ffn=spec["ffn"], encoder_layers=spec["encoder_layers"],
+                         decoder_layers=spec["decoder_layers"], dropout=0.0)
+    model = Transformer(config).eval()
+    save_checkpoint(arch_dir / "checkpoint", model, tokenizer, {"source_lang": "en", "target_lang": "es"})
+    for precision in ("fp32", "int8"):
+        print(f"[{arch}] exporting {precision}", file=sys.stderr, flush=True)
+        version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", precision, pairs[:16],
+                                             precision=precision, beam_sizes=(1,))
+        if version_dir is None:
+            raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report['failures']}")
+    (arch_dir / "ready").touch()
+    return arch_dir
+
+
+# --- timing ---------------------------------------------------------------------------------
+def _cpu_jiffies() -> tuple[int, int]:
+    """(all busy jiffies of the machine, busy jiffies of this process)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(v) for v in fields) - int(fields[3]) - int(fields[4])  # minus idle and iowait
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, int(own[11]) + int(own[12])  # utime + stime
+
+
+def timed_pass(run: Callable[[], None]) -> tuple[float, float]:
+    """Seconds of one pass, and the other processes' CPU use during it in cores."""
+    busy0, own0 = _cpu_jiffies()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    busy1, own1 = _cpu_jiffies()
+    ticks = os.sysconf("SC_CLK_TCK")
+    others = max(0, (busy1 - busy0) - (own1 - own0)) / ticks / seconds
+    return seconds, others
+
+
+def measure_mode(decode: Callable[[list[list[int]], int, int], None], sources: list[list[int]], mode: dict,
+                 workload: dict) -> dict:
+    sentences = sources[: mode["sentences"]]
+
+    def run(batch_sources: list[list[int]]) -> Callable[[], None]:
+        def go() -> None:
+            for start in range(0, len(batch_sources), mode["batch"]):
+                decode(batch_sources[start: start + mode["batch"]], mode["beam"], workload["inputs"]["target_length"])
+        return go
+
+    run(sources[: workload["timing"]["warmup_sentences"]])()
+    times, flags = [], []
+    for _ in range(workload["timing"]["timed_reps"]):
+        for attempt in range(3):
+            seconds, others = timed_pass(run(sentences))
+            if others <= DISTURBED_CORE_SHARE:
+                break
+        times.append(seconds)
+        flags.append(round(others, 2))
+    median = statistics.median(times)
+    tokens = len(sentences) * workload["inputs"]["target_length"]
+    return {"tokens_per_s": tokens / median, "sentences_per_s": len(sentences) / median,
+            "ms_per_sentence": 1000 * median / len(sentences), "seconds": {"median": median, "min": min(times),
+                                                                          "max": max(times)},
+            "other_processes_cores": flags, "disturbed": any(f > DISTURBED_CORE_SHARE for f in flags)}
+
+
+# --- engines (each built inside its worker process) -----------------------------------------
+def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int]) -> Callable[[list[list[int]], int, int], None]:
+    """A function decoding a batch of source ids with `engine` to exactly `length` tokens."""
+    intra, inter = threads
+    if engine == "pytorch":
+        import torch
+
+        from model.batching import pad
+        from model.checkpoint import load_checkpoint
+        from model.decode_options import DecodeOptions
+        from model.decoding import translate_ids
+
+        torch.set_num_threads(intra)
+        torch.set_num_interop_threads(inter)
+        model = load_checkpoint(arch_dir / "checkpoint").model
+
+        def decode(batch: list[list[int]], beam: int, length: int) -> None:
+            hyps = translate_ids(model, pad(batch), DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            assert all(len(h[0].tokens) == length for h in hyps)
+        return decode
+    if engine.startswith("onnxruntime-"):
+        from model.decode_options import DecodeOptions
+        from server.decoding import translate_ids
+        from server.graphs import OnnxGraphs
+        from server.sessions import SessionConfig
+
+        precision = engine.split("-")[1]
+        graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
+                            SessionConfig(device="cpu", intra_op_threads=intra, inter_op_threads=inter))
+        from server.translator import pad_ids
+
+        def decode(batch: list[list[int]], beam: int, length: int) -> None:
+            hyps = translate_ids(graphs, pad_ids(batch, graphs.config.pad_id),
+                                 DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            assert all(len(h[0].tokens) == length for h in hyps)
+        return decode
+    if engine.startswith("ctranslate2-"):
+        sys.path.insert(0, str(ROOT / "bench"))
+        from ctranslate2_engine import CTranslate2Engine, build_ctranslate2_model
+
+        from model.checkpoint import load_checkpoint
+
+        precision = engine.split("-")[1]
+        ct2_dir = arch_dir / f"ctranslate2-{precision}"
+        if not ct2_dir.exists():
+            build_ctranslate2_model(load_checkpoint(arch_dir / "checkpoint").model, ct2_dir,
+                                    quantization=None if precision == "fp32" else "int8")
+        translator = CTranslate2Engine(ct2_dir, compute_type="float32" if precision == "fp32" else "int8",
+                                       intra_threads=intra, inter_threads=inter)
+
+        def decode(batch: list[list[int]], beam: int, length: int) -> None:
+            out = translator.translate_ids(batch, beam_size=beam, min_length=length, max_length=length,
+                                           batch_size=len(batch))
+            assert all(len(ids) == length for ids in out)
+        return decode
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+def worker(args: argparse.Namespace) -> None:
+    workload = load_workload(args.workload)
+    decode = engine_decoder(args.engine, args.arch_dir, (workload["threads"]["intra_op"],
+                                                         workload["threads"]["inter_op"]))
+    sources = workload_sources(workload, eos_id=3)
+    results = {}
+    for mode in workload["modes"]:
+        print(f"  {args.engine} {mode['name']}", file=sys.stderr, flush=True)
+        results[mode["name"]] = measure_mode(decode, sources, mode, workload)
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(results))
+
+
+# --- the report -----------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+    libraries = {}
+    for name in ("torch", "onnxruntime-gpu", "ctranslate2", "numpy"):
+        try:
+            libraries[name] = version(name)
+        except PackageNotFoundError:
+            libraries[name] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags], "libraries": libraries,
+            "python": platform.python_version()}
+
+
+def ratios(results: dict) -> None:
+    """Add, per engine and mode, tokens/s relative to PyTorch and to CTranslate2 at the same precision."""
+    for arch in results.values():
+        for engine, modes in arch.items():
+            if "error" in modes:
+                continue
+            precision = engine.rsplit("-", 1)[-1] if "-" in engine else "fp32"
+            for mode, figures in modes.items():
+                if not isinstance(figures, dict):
+                    continue
+                for baseline, key in (("pytorch", "vs_pytorch"), (f"ctranslate2-{precision}", "vs_ctranslate2")):
+                    base = arch.get(baseline, {}).get(mode)
+                    if isinstance(base, dict):
+                        figures[key] = figures["tokens_per_s"] / base["tokens_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+    w = sub.add_parser("worker", help="(internal) time one engine")
+    w.add_argument("--engine", required=True, choices=ENGINES)
+    w.add_argument("--arch-dir", type=Path, required=True)
+    w.add_argument("--workload", type=Path, default=WORKLOAD)
+    p.add_argument("--workload", type=Path, default=WORKLOAD)
+    p.add_argument("--archs", nargs="*", default=["small", "base"])
+    p.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
+    p.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache", help="random models and their exports")
+    p.add_argument("--tokenizer-corpus", type=Path, default=ROOT / "data" / "en-es" / "train.tsv",
+                   help="TSV to train the models' (unused by the workload, but exported) tokenizer on")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = p.parse_args()
+    if args.command == "worker":
+        worker(args)
+        return
+    workload = load_workload(args.workload)
+    results: dict = {}
+    for arch in args.archs:
+        arch_dir = prepare_arch(workload, arch, args.cache, args.tokenizer_corpus)
+        results[arch] = {}
+        for engine in args.engines:
+            print(f"[{arch}] {engine}", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, __file__, "worker", "--engine", engine, "--arch-dir", str(arch_dir),
+                                   "--workload", str(args.workload)], cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode != 0:
+                results[arch][engine] = {"error": proc.stderr.strip().splitlines()[-1:]}
+                print(f"  failed: {proc.stderr.strip()[-2000:]}", file=sys.stderr)
+                continue
+            results[arch][engine] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ratios(results)
+    report = {"workload": str(args.workload), "workload_version": workload["version"], "machine": machine(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['machine']['cpu']} ({', '.join(report['machine']['isa'])})")
+    print(f"{'arch':6} {'engine':18} {'mode':11} {'tok/s':>8} {'ms/sent':>8} {'vs torch':>8} {'vs ct2':>7} {'RSS MB':>7}")
+    for arch, engines in report["results"].items():
+        for engine, modes in engines.items():
+            if "error" in modes:
+                print(f"{arch:6} {engine:18} error: {modes['error']}")
+                continue
+            for mode, f in modes.items():
+                if not isinstance(f, dict):
+                    continue
+                flag = " (disturbed)" if f["disturbed"] else ""
+                print(f"{arch:6} {engine:18} {mode:11} {f['tokens_per_s']:8.0f} {f['ms_per_sentence']:8.1f} "
+                      f"{f.get('vs_pytorch', float('nan')):8.2f} {f.get('vs_ctranslate2', float('nan')):7.2f} "
+                      f"{modes['peak_rss_mb']:7.0f}{flag}")
+
+
+if __name__ == "__main__":
+    main()

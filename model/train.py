@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.batching import EncodedPairs, collate, encode_pairs, token_batches
-from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
 from model.config import ModelConfig
 from model.evaluate import translate_texts
 from model.plot import plot_curves
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", type=Path, required=True, help="validation pairs, TSV: source<TAB>target")
     p.add_argument("--out", type=Path, required=True, help="run directory (created, or resumed if it holds checkpoints)")
     p.add_argument("--tokenizer", type=Path, help="an existing tokenizer.model to use instead of training one")
+    p.add_argument("--init-from", type=Path,
+                   help="start from this checkpoint's weights, tokenizer and model config (fine-tuning, e.g. the "
+                        "default model on your own corpus); the model-shape flags are then ignored")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
     p.add_argument("--max-minutes", type=float, help="stop (after saving) once this much wall time has passed")
@@ -403,11 +406,22 @@ def main(argv: list[str] | None = None) -> int:
     train_pairs = load_corpus(args.train)
     valid_pairs = load_corpus(args.valid)
     config_file = run_dir / "config.json"
+    if args.init_from and args.tokenizer:
+        raise SystemExit("--init-from brings its own tokenizer; drop --tokenizer")
+    init_from: Checkpoint | None = None
     if config_file.exists():
         saved = json.loads(config_file.read_text())
         model_config = ModelConfig.from_dict(saved["model"])
         tokenizer = Tokenizer.load(run_dir / "tokenizer.model")
+        if saved.get("init_from"):
+            init_from = load_checkpoint(saved["init_from"])
         print(f"resuming run in {run_dir} (model config from {config_file})", file=sys.stderr)
+    elif args.init_from:
+        init_from = load_checkpoint(args.init_from)
+        tokenizer, model_config = init_from.tokenizer, init_from.config
+        tokenizer.save(run_dir / "tokenizer.model")
+        config_file.write_text(json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict(),
+                                           "init_from": str(args.init_from.resolve())}, indent=2) + "\n")
     else:
         if args.tokenizer:
             tokenizer = Tokenizer.load(args.tokenizer)
@@ -432,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         run.resume(latest)
         print(f"resumed from {latest}: step {run.step}, epoch {run.epoch}, lr {run.scheduler.get_last_lr()[0]:.3e}",
               file=sys.stderr)
+    elif init_from is not None:
+        run.model.load_state_dict(init_from.model.state_dict())
+        print(f"starting from the weights of {init_from.path}", file=sys.stderr)
     print(f"model: {run.model.num_parameters():,} parameters on {device}", file=sys.stderr)
     reason = run.run(args.max_minutes)
     print(f"stopped at step {run.step} ({reason}); best valid BLEU {run.best_bleu:.2f}", file=sys.stderr)

@@ -130,6 +130,21 @@ def test_bf16_autocast_training_learns(tiny_corpus, tmp_path):
     assert losses[-1] < losses[0] / 2
 
 
+def test_init_from_starts_with_the_checkpoint_weights_and_tokenizer(tiny_checkpoint, tiny_corpus, tmp_path):
+    """Fine-tuning: one step at a negligible learning rate keeps what the tiny model memorised."""
+    out = tmp_path / "finetune"
+    assert train(tiny_corpus, out, "--init-from", str(tiny_checkpoint), lr="1e-9", max_steps=1,
+                 vocab_size=999, d_model=32) == 0  # shape flags are ignored: the checkpoint decides
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["valid_bleu"] == pytest.approx(100.0)
+    original, tuned = load_checkpoint(tiny_checkpoint), load_checkpoint(out / "best")
+    assert tuned.config == original.config
+    assert tuned.tokenizer.to_bytes() == original.tokenizer.to_bytes()
+    with pytest.raises(SystemExit, match="own tokenizer"):
+        train(tiny_corpus, tmp_path / "both", "--init-from", str(tiny_checkpoint), "--tokenizer",
+              str(tiny_checkpoint / "tokenizer.model"))
+
+
 def test_validation_sample_spans_the_whole_file():
     items = list(range(1000))
     assert evenly_spaced(items, 4) == [0, 250, 500, 750]

@@ -51,7 +51,7 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past
         past_k, past_v = model.empty_cache(batch)
         _, past_k, past_v = model.decode(prefix, cross_k, cross_v, model.source_mask(source), past_k, past_v)
     tokens = torch.randint(4, c.vocab_size, (batch, 1), generator=generator)
-    return source, (tokens, cross_k, cross_v, model.source_mask(source), past_k, past_v)
+    return source, (tokens, cross_k, cross_v, model.source_mask(source), past_k, past_v, torch.tensor(True))
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -82,6 +82,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     cross = {1: batch, 3: source_len}
     _export(DecoderStepGraph(model), step_args, DECODER_INPUTS, DECODER_OUTPUTS,
             {"tokens": {0: batch}, "cross_keys": cross, "cross_values": cross,
-             "source_mask": {0: batch, 1: source_len}, "past_keys": cache, "past_values": cache},
+             "source_mask": {0: batch, 1: source_len}, "past_keys": cache, "past_values": cache,
+             "eos_allowed": None},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

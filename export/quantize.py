@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 PRECISIONS = ("fp32", "int8", "fp16")
 
@@ -41,8 +42,11 @@ def to_int8(path: Path) -> str:
 
 def to_fp16(path: Path) -> str:
     """Convert the graph at `path` to fp16 in place; returns a description for the manifest."""
-    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
-    onnx.save(model, str(path))
+    model = OnnxModel(convert_float_to_float16(onnx.load(str(path)), keep_io_types=False))
+    # The converter appends the Casts it adds for ops it keeps in fp32 (TopK) at the end of the
+    # node list; ONNX requires nodes in topological order.
+    model.topological_sort()
+    model.save_model_to_file(str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return "fp16 weights, activations, inputs and outputs"
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+MAX_BEAM_SIZE = 16  # the exported decoder step returns each row's best 2 * MAX_BEAM_SIZE tokens
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """How to search for a translation.
@@ -31,8 +34,8 @@ class DecodeOptions:
     n_best: int = 1
 
     def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be between 1 and {MAX_BEAM_SIZE}, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best}")
         if self.min_length < 0:

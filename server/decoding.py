@@ -3,7 +3,9 @@
 The server, the CLI, `rosetta-evaluate` on a model version, the export's parity gate and the
 benchmarks all decode through `translate_ids`. It follows the PyTorch reference decoder
 (model/decoding.py) rule for rule, sharing its options, output budget, scoring and beam
-bookkeeping (model/decode_options.py), so the two are token-identical in fp32:
+bookkeeping (model/decode_options.py), so the two are token-identical in fp32. The decoder
+graph itself applies the decoding rules and returns each row's best tokens (export/graphs.py),
+so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary:
 
 - Every sentence has its own output budget, so its translation never depends on its batch.
 - Finished sentences leave the batch: their rows stop costing compute.
@@ -32,22 +34,6 @@ def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOpt
     return _beam(graphs, source_ids, options)
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def _step_log_probs(logits: np.ndarray, graphs: OnnxGraphs, step: int, options: DecodeOptions) -> np.ndarray:
-    """Log-probabilities of the next token; PAD and BOS are never generated, EOS not before min_length."""
-    c = graphs.config
-    log_probs = log_softmax(logits.astype(np.float32, copy=False))
-    log_probs[:, c.pad_id] = -np.inf
-    log_probs[:, c.bos_id] = -np.inf
-    if step < options.min_length:
-        log_probs[:, c.eos_id] = -np.inf
-    return log_probs
-
-
 def _limits(graphs: OnnxGraphs, source_mask: np.ndarray, options: DecodeOptions) -> list[int]:
     return [options.target_limit(int(n), graphs.config.max_positions) for n in source_mask.sum(axis=1)]
 
@@ -65,11 +51,9 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
     scores = [0.0] * batch
     step = 0
     while active:
-        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v)
+        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v, step >= options.min_length)
         past_k, past_v = out.keys, out.values
-        log_probs = _step_log_probs(out.logits, graphs, step, options)
-        best = log_probs.argmax(axis=-1)
-        best_scores = log_probs[np.arange(len(best)), best]
+        best, best_scores = out.top_ids[:, 0], out.top_log_probs[:, 0]
         step += 1
         keep = []
         for row, sentence in enumerate(active):
@@ -91,17 +75,25 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
     ]
 
 
-def top_candidates(candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The n best scores of each row and their column indices, best first."""
-    index = np.argpartition(-candidates, n - 1, axis=1)[:, :n]
-    scores = np.take_along_axis(candidates, index, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(index, order, axis=1)
+def best_continuations(beam_scores: np.ndarray, top_log_probs: np.ndarray, top_ids: np.ndarray, vocab: int,
+                       n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best continuations of each sentence's beams, best first.
+
+    beam_scores: (S, K); top_log_probs, top_ids: (S*K, >= n), each beam row's best tokens.
+    Returns scores and flat indices origin_beam * V + token, (S, n) each; equal scores rank by
+    flat index, as a top-k over all K*V continuations would.
+    """
+    sentences, k = beam_scores.shape
+    scores = (beam_scores[:, :, None] + top_log_probs[:, :n].reshape(sentences, k, n)).reshape(sentences, k * n)
+    flat = (np.arange(k)[None, :, None] * vocab + top_ids[:, :n].reshape(sentences, k, n)).reshape(sentences, k * n)
+    order = np.lexsort((flat, -scores), axis=-1)[:, :n]
+    return np.take_along_axis(scores, order, axis=-1), np.take_along_axis(flat, order, axis=-1)
 
 
 def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
     c = graphs.config
     k = options.beam_size
+    vocab = c.vocab_size
     batch = source_ids.shape[0]
     source_mask = source_ids != c.pad_id
     limits = _limits(graphs, source_mask, options)
@@ -119,11 +111,8 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
     step = 0
     while active:
         n = len(active)
-        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v)
-        log_probs = _step_log_probs(out.logits, graphs, step, options)  # (n*K, V)
-        vocab = log_probs.shape[-1]
-        candidates = (beam_scores.reshape(n * k, 1) + log_probs).reshape(n, k * vocab)
-        top_scores, top_index = top_candidates(candidates, 2 * k)
+        out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v, step >= options.min_length)
+        top_scores, top_index = best_continuations(beam_scores, out.top_log_probs, out.top_ids, vocab, 2 * k)
         top_scores, top_index = top_scores.tolist(), top_index.tolist()
         step += 1
         next_origin, next_token, next_score, keep_sentences = [], [], [], []

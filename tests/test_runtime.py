@@ -129,3 +129,20 @@ def test_session_config_reads_the_environment(monkeypatch):
     config = SessionConfig.from_env()
     assert (config.device, config.intra_op_threads) == ("cpu", 3)
     assert SessionConfig.from_env(device="auto").device == "auto"
+
+
+def test_best_continuations_from_per_row_top_k_equal_a_full_top_k():
+    """Each beam row's best 2K tokens always hold the sentence's best 2K of all K*V continuations."""
+    from server.decoding import best_continuations
+
+    rng = np.random.default_rng(0)
+    sentences, k, vocab = 5, 4, 50
+    log_probs = np.log(rng.dirichlet(np.ones(vocab), sentences * k)).astype(np.float32)
+    beam_scores = rng.normal(-3, 2, (sentences, k)).astype(np.float32)
+    beam_scores[0, 1:] = -np.inf  # the first step: only beam 0 is real
+    order = np.argsort(-log_probs, axis=1, kind="stable")[:, :2 * k]
+    scores, flat = best_continuations(beam_scores, np.take_along_axis(log_probs, order, axis=1), order, vocab, 2 * k)
+    full = (beam_scores.reshape(-1, 1) + log_probs).reshape(sentences, k * vocab)
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :2 * k]
+    assert np.array_equal(flat, expected)
+    assert np.array_equal(scores, np.take_along_axis(full, expected, axis=1))

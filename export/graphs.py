@@ -1,26 +1,27 @@
 """The two ONNX graphs of a translation model, as PyTorch modules to export.
 
 Decoding needs the encoder once per source and the decoder once per generated token, so the
-model is exported as two graphs over the model's own incremental API (model/transformer.py):
+model is exported as two graphs over the model's own incremental API (model/transformer.py).
+Caches are one tensor per decoder layer i = 0 .. L-1 (the model's `Cache`):
 
 encoder.onnx
-    in   source_ids      int64   (batch, source_len)   EOS-terminated, right-padded with pad_id
-    out  cross_keys      float32 (layers, batch, heads, source_len, head_dim)
-         cross_values    float32 (layers, batch, heads, source_len, head_dim)
+    in   source_ids        int64   (batch, source_len)   EOS-terminated, right-padded with pad_id
+    out  cross_key_{i}     float32 (batch, heads, source_len, head_dim)
+         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
 
 decoder.onnx (one step)
-    in   tokens          int64   (batch, 1)            the previous token (BOS at step 0)
-         cross_keys      float32 (layers, batch, heads, source_len, head_dim)
-         cross_values    float32 (layers, batch, heads, source_len, head_dim)
-         source_mask     bool    (batch, source_len)   True at real source tokens
-         past_keys       float32 (layers, batch, heads, past_len, head_dim)
-         past_values     float32 (layers, batch, heads, past_len, head_dim)
-         eos_allowed     bool    ()                     False while min_length is not reached
-    out  logits          float32 (batch, vocab)         next-token logits
-         present_keys    float32 (layers, batch, heads, past_len + 1, head_dim)
-         present_values  float32 (layers, batch, heads, past_len + 1, head_dim)
-         top_log_probs   float32 (batch, TOP_K)         best next-token log-probabilities, best first
-         top_ids         int64   (batch, TOP_K)         their token ids
+    in   tokens            int64   (batch, 1)             the previous token (BOS at step 0)
+         source_mask       bool    (batch, source_len)    True at real source tokens
+         eos_allowed       bool    ()                     False while min_length is not reached
+         cross_key_{i}     float32 (batch, heads, source_len, head_dim)
+         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
+         past_key_{i}      float32 (batch, heads, past_len, head_dim)
+         past_value_{i}    float32 (batch, heads, past_len, head_dim)
+    out  logits            float32 (batch, vocab)         next-token logits
+         top_log_probs     float32 (batch, TOP_K)         best next-token log-probabilities, best first
+         top_ids           int64   (batch, TOP_K)         their token ids
+         present_key_{i}   float32 (batch, heads, past_len + 1, head_dim)
+         present_value_{i} float32 (batch, heads, past_len + 1, head_dim)
 
 The search itself runs in the graph's last nodes: log-softmax, the decoding rules (PAD and BOS
 never generated, EOS only when allowed) and top-k. A step then hands the Python loop 2 x 32
@@ -41,13 +42,24 @@ import torch
 from torch import nn
 
 from model.decode_options import MAX_BEAM_SIZE
-from model.transformer import Transformer
+from model.transformer import Cache, Transformer
 
 TOP_K = 2 * MAX_BEAM_SIZE
-ENCODER_INPUTS = ["source_ids"]
-ENCODER_OUTPUTS = ["cross_keys", "cross_values"]
-DECODER_INPUTS = ["tokens", "cross_keys", "cross_values", "source_mask", "past_keys", "past_values", "eos_allowed"]
-DECODER_OUTPUTS = ["logits", "present_keys", "present_values", "top_log_probs", "top_ids"]
+
+
+def cache_names(prefix: str, layers: int) -> list[str]:
+    """Input or output names of a per-layer cache: e.g. past_key_0 .. past_key_{L-1}, then the values."""
+    return [f"{prefix}_{kind}_{i}" for kind in ("key", "value") for i in range(layers)]
+
+
+def encoder_names(layers: int) -> tuple[list[str], list[str]]:
+    return ["source_ids"], cache_names("cross", layers)
+
+
+def decoder_names(layers: int) -> tuple[list[str], list[str]]:
+    inputs = ["tokens", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
+    outputs = ["logits", "top_log_probs", "top_ids", *cache_names("present", layers)]
+    return inputs, outputs
 
 
 class EncoderGraph(nn.Module):
@@ -57,8 +69,9 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, source_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.cross_kv(self.model.encode(source_ids))
+    def forward(self, source_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        keys, values = self.model.cross_kv(self.model.encode(source_ids))
+        return (*keys, *values)
 
 
 class DecoderStepGraph(nn.Module):
@@ -81,16 +94,16 @@ class DecoderStepGraph(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        cross_keys: torch.Tensor,
-        cross_values: torch.Tensor,
         source_mask: torch.Tensor,
-        past_keys: torch.Tensor,
-        past_values: torch.Tensor,
         eos_allowed: torch.Tensor,
+        cross_keys: Cache,
+        cross_values: Cache,
+        past_keys: Cache,
+        past_values: Cache,
     ) -> tuple[torch.Tensor, ...]:
         logits, keys, values = self.model.decode(tokens, cross_keys, cross_values, source_mask, past_keys, past_values)
         logits = logits[:, -1]
         log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never
         log_probs = log_probs + torch.where(eos_allowed, torch.zeros_like(self.eos_penalty), self.eos_penalty)
         top_log_probs, top_ids = log_probs.topk(TOP_K, dim=-1)
-        return logits, keys, values, top_log_probs, top_ids
+        return (logits, top_log_probs, top_ids, *keys, *values)

@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch.export import Dim
 
-from export.graphs import DECODER_INPUTS, DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, DecoderStepGraph, EncoderGraph
+from export.graphs import DecoderStepGraph, EncoderGraph, decoder_names, encoder_names
 from model.transformer import Transformer
 
 OPSET = 18
@@ -51,7 +51,7 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past
         past_k, past_v = model.empty_cache(batch)
         _, past_k, past_v = model.decode(prefix, cross_k, cross_v, model.source_mask(source), past_k, past_v)
     tokens = torch.randint(4, c.vocab_size, (batch, 1), generator=generator)
-    return source, (tokens, cross_k, cross_v, model.source_mask(source), past_k, past_v, torch.tensor(True))
+    return source, (tokens, model.source_mask(source), torch.tensor(True), cross_k, cross_v, past_k, past_v)
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -74,15 +74,15 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     model = model.eval()
     batch, source_len, past_len = _dims(model)
     source, step_args = example_inputs(model)
+    layers = model.config.decoder_layers
     log.info("exporting the encoder")
-    _export(EncoderGraph(model), (source,), ENCODER_INPUTS, ENCODER_OUTPUTS,
-            {"source_ids": {0: batch, 1: source_len}}, out_dir / ENCODER_FILE)
+    _export(EncoderGraph(model), (source,), *encoder_names(layers), {"source_ids": {0: batch, 1: source_len}},
+            out_dir / ENCODER_FILE)
     log.info("exporting the decoder step")
-    cache = {1: batch, 3: past_len}
-    cross = {1: batch, 3: source_len}
-    _export(DecoderStepGraph(model), step_args, DECODER_INPUTS, DECODER_OUTPUTS,
-            {"tokens": {0: batch}, "cross_keys": cross, "cross_values": cross,
-             "source_mask": {0: batch, 1: source_len}, "past_keys": cache, "past_values": cache,
-             "eos_allowed": None},
+    cache = [{0: batch, 2: past_len}] * layers
+    cross = [{0: batch, 2: source_len}] * layers
+    _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
+            {"tokens": {0: batch}, "source_mask": {0: batch, 1: source_len}, "eos_allowed": None,
+             "cross_keys": cross, "cross_values": cross, "past_keys": cache, "past_values": cache},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

@@ -82,14 +82,16 @@ def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, pa
     if past_len:
         _, past_k, past_v = model.decode(prefix[:, :past_len], ref_k, ref_v, src != c.pad_id, past_k, past_v)
     ref_logits, ref_pk, ref_pv = model.decode(prefix[:, past_len:], ref_k, ref_v, src != c.pad_id, past_k, past_v)
-    logits, keys, values = graphs.step_logits(
-        prefix[:, past_len:].numpy(), ref_k.numpy().astype(graphs.dtype), ref_v.numpy().astype(graphs.dtype), mask,
-        past_k.numpy().astype(graphs.dtype), past_v.numpy().astype(graphs.dtype), True)
+    def onnx_cache(cache: list[torch.Tensor]) -> list[np.ndarray]:
+        return [t.numpy().astype(graphs.dtype) for t in cache]
 
-    def diff(a: np.ndarray, b: torch.Tensor) -> float:
-        return float(np.abs(a.astype(np.float32) - b.numpy()).max())
+    logits, keys, values = graphs.step_logits(prefix[:, past_len:].numpy(), onnx_cache(ref_k), onnx_cache(ref_v), mask,
+                                              onnx_cache(past_k), onnx_cache(past_v), True)
 
-    return {"encoder": max(diff(onnx_k, ref_k), diff(onnx_v, ref_v)), "logits": diff(logits, ref_logits[:, -1]),
+    def diff(a: list[np.ndarray], b: list[torch.Tensor]) -> float:
+        return max(float(np.abs(x.astype(np.float32) - y.numpy()).max()) for x, y in zip(a, b))
+
+    return {"encoder": max(diff(onnx_k, ref_k), diff(onnx_v, ref_v)), "logits": diff([logits], [ref_logits[:, -1]]),
             "cache": max(diff(keys, ref_pk), diff(values, ref_pv))}
 
 

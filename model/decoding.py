@@ -17,11 +17,12 @@ from __future__ import annotations
 import torch
 
 from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
-from model.transformer import Transformer
+from model.transformer import Cache, Transformer
 
 
-def _select_rows(keep: torch.Tensor, *tensors: torch.Tensor, dim: int) -> list[torch.Tensor]:
-    return [t.index_select(dim, keep) for t in tensors]
+def _rows(index: torch.Tensor, cache: Cache) -> Cache:
+    """The cache of the batch rows `index`, in that order."""
+    return [t.index_select(0, index) for t in cache]
 
 
 @torch.no_grad()
@@ -81,8 +82,8 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
                 keep.append(row)
         if len(keep) < len(active):
             index = torch.tensor(keep, dtype=torch.long, device=src.device)
-            cross_k, cross_v, past_k, past_v = _select_rows(index, cross_k, cross_v, past_k, past_v, dim=1)
-            src_mask, best = _select_rows(index, src_mask, best, dim=0)
+            cross_k, cross_v, past_k, past_v = (_rows(index, c) for c in (cross_k, cross_v, past_k, past_v))
+            src_mask, best = src_mask.index_select(0, index), best.index_select(0, index)
             active = [active[r] for r in keep]
         tokens = best[:, None]
     return [
@@ -100,7 +101,7 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
     # Every sentence's cross-attention cache is repeated for its K beams once, up front.
     beam_rows = torch.arange(batch, device=device).repeat_interleave(k)
     cross_k, cross_v = model.cross_kv(model.encode(src))
-    cross_k, cross_v = cross_k.index_select(1, beam_rows), cross_v.index_select(1, beam_rows)
+    cross_k, cross_v = _rows(beam_rows, cross_k), _rows(beam_rows, cross_v)
     src_mask = model.source_mask(src).index_select(0, beam_rows)
     past_k, past_v = model.empty_cache(batch * k, device)
     tokens = torch.full((batch * k, 1), config.bos_id, dtype=torch.long, device=device)
@@ -132,10 +133,10 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
         if not keep_sentences:
             break
         reorder = torch.tensor(next_origin, dtype=torch.long, device=device)
-        past_k, past_v = past_k.index_select(1, reorder), past_v.index_select(1, reorder)
+        past_k, past_v = _rows(reorder, past_k), _rows(reorder, past_v)
         if len(keep_sentences) < n:
             rows = torch.tensor([i * k + b for i in keep_sentences for b in range(k)], dtype=torch.long, device=device)
-            cross_k, cross_v = cross_k.index_select(1, rows), cross_v.index_select(1, rows)
+            cross_k, cross_v = _rows(rows, cross_k), _rows(rows, cross_v)
             src_mask = src_mask.index_select(0, rows)
             active = [active[i] for i in keep_sentences]
         tokens = torch.tensor(next_token, dtype=torch.long, device=device)[:, None]

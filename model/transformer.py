@@ -3,10 +3,15 @@
 Shapes: B batch, S source length, T target length (new tokens this call), P cached
 target length, D d_model, H heads, Dh = D / H, L decoder layers, V vocabulary.
 
-Decoding is incremental: `encode` runs once per source and returns the cross-attention
-keys/values of every decoder layer; `decode` takes the self-attention cache of earlier
-steps as plain stacked tensors (L, B, H, P, Dh) and returns it extended by T positions.
-Training calls the same `decode` with an empty cache, so one code path serves both.
+Decoding is incremental: `encode` runs once per source and `cross_kv` gives the
+cross-attention keys/values of every decoder layer; `decode` takes the self-attention cache
+of earlier steps and returns it extended by T positions. Training calls the same `decode`
+with an empty cache, so one code path serves both.
+
+A cache is a list of plain tensors, one (B, H, P, Dh) tensor per decoder layer (`Cache`).
+One tensor per layer rather than one stacked (L, B, H, P, Dh) tensor: in an exported graph,
+taking a layer out of a stacked tensor and stacking the layers again each copy the whole
+cache at every step (measured: 20% of a decoder step, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from torch import nn
 
 from model.attention import CrossAttention, SelfAttention
 from model.config import ModelConfig
+
+Cache = list[torch.Tensor]  # one (B, H, P, Dh) tensor per decoder layer
 
 
 def sinusoidal_table(max_positions: int, d_model: int) -> torch.Tensor:
@@ -169,33 +176,37 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x)
 
-    def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory: (B, S, D) -> cross-attention keys and values of every decoder layer, (L, B, H, S, Dh) each."""
+    def cross_kv(self, memory: torch.Tensor) -> tuple[Cache, Cache]:
+        """memory: (B, S, D) -> cross-attention keys and values of every decoder layer, (B, H, S, Dh) each."""
         ks, vs = zip(*(layer.cross_attention.project_memory(memory) for layer in self.decoder_layers))
-        return torch.stack(ks), torch.stack(vs)
+        return list(ks), list(vs)
 
-    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A self-attention cache holding no positions: (L, B, H, 0, Dh) twice."""
+    def empty_cache(self, batch: int, device: torch.device | None = None) -> tuple[Cache, Cache]:
+        """A self-attention cache holding no positions: L tensors of (B, H, 0, Dh), twice."""
         c = self.config
-        shape = (c.decoder_layers, batch, c.heads, 0, c.head_dim)
         dtype = self.source_embedding.tokens.weight.dtype
-        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+        def empty() -> Cache:
+            return [torch.zeros((batch, c.heads, 0, c.head_dim), device=device, dtype=dtype)
+                    for _ in range(c.decoder_layers)]
+        return empty(), empty()
 
     def decode_hidden(
         self,
         tgt: torch.Tensor,
-        cross_k: torch.Tensor,
-        cross_v: torch.Tensor,
+        cross_k: Cache,
+        cross_v: Cache,
         src_mask: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        past_k: Cache,
+        past_v: Cache,
+    ) -> tuple[torch.Tensor, Cache, Cache]:
         """Run the decoder over T new target tokens that follow P cached ones.
 
-        tgt: (B, T) ids; cross_k/v: (L, B, H, S, Dh); src_mask: (B, S) bool;
-        past_k/v: (L, B, H, P, Dh). Returns hidden states (B, T, D) and the cache (L, B, H, P+T, Dh).
+        tgt: (B, T) ids; cross_k/v: per layer (B, H, S, Dh); src_mask: (B, S) bool;
+        past_k/v: per layer (B, H, P, Dh). Returns hidden states (B, T, D) and the cache,
+        per layer (B, H, P+T, Dh).
         """
-        past = past_k.shape[3]
+        past = past_k[0].shape[2]
         t = tgt.shape[1]
         # Query i sits at position past+i and may see keys 0..past+i: causal over the whole prefix.
         key_pos = torch.arange(past + t, device=tgt.device)
@@ -208,7 +219,7 @@ class Transformer(nn.Module):
             x, k, v = layer(x, self_mask, past_k[i], past_v[i], cross_k[i], cross_v[i], cross_mask)
             ks.append(k)
             vs.append(v)
-        return self.decoder_norm(x), torch.stack(ks), torch.stack(vs)
+        return self.decoder_norm(x), ks, vs
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V)."""
@@ -219,12 +230,12 @@ class Transformer(nn.Module):
     def decode(
         self,
         tgt: torch.Tensor,
-        cross_k: torch.Tensor,
-        cross_v: torch.Tensor,
+        cross_k: Cache,
+        cross_v: Cache,
         src_mask: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        past_k: Cache,
+        past_v: Cache,
+    ) -> tuple[torch.Tensor, Cache, Cache]:
         """Like `decode_hidden`, returning logits (B, T, V) instead of hidden states."""
         hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v)
         return self.logits(hidden), k, v

@@ -9,8 +9,8 @@ so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary
 
 - Every sentence has its own output budget, so its translation never depends on its batch.
 - Finished sentences leave the batch: their rows stop costing compute.
-- The key/value cache stays a pair of stacked arrays (L, B, H, P, Dh); beams reorder it by
-  row index once per step.
+- The key/value cache is one (B, H, P, Dh) array per layer; beams reorder its rows once per
+  step, finished sentences' rows are dropped.
 No torch here.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
-from server.graphs import OnnxGraphs
+from server.graphs import Cache, OnnxGraphs
 
 
 def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
@@ -32,6 +32,11 @@ def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOpt
     if options.beam_size == 1:
         return _greedy(graphs, source_ids, options)
     return _beam(graphs, source_ids, options)
+
+
+def _rows(index, cache: Cache) -> Cache:
+    """The cache of the batch rows `index` (a list or array of row numbers), in that order."""
+    return [a[index] for a in cache]
 
 
 def _limits(graphs: OnnxGraphs, source_mask: np.ndarray, options: DecodeOptions) -> list[int]:
@@ -65,7 +70,7 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
             if step < limits[sentence]:
                 keep.append(row)
         if len(keep) < len(active):
-            cross_k, cross_v, past_k, past_v = (a[:, keep] for a in (cross_k, cross_v, past_k, past_v))
+            cross_k, cross_v, past_k, past_v = (_rows(keep, c) for c in (cross_k, cross_v, past_k, past_v))
             source_mask, best = source_mask[keep], best[keep]
             active = [active[r] for r in keep]
         tokens = best[:, None].astype(np.int64)
@@ -99,7 +104,7 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
     limits = _limits(graphs, source_mask, options)
     # Every sentence's cross-attention cache is repeated for its K beams once, up front.
     beam_rows = np.repeat(np.arange(batch), k)
-    cross_k, cross_v = (a[:, beam_rows] for a in graphs.encode(source_ids))
+    cross_k, cross_v = (_rows(beam_rows, c) for c in graphs.encode(source_ids))
     source_mask = source_mask[beam_rows]
     past_k, past_v = graphs.empty_cache(batch * k)
     tokens = np.full((batch * k, 1), c.bos_id, dtype=np.int64)
@@ -127,10 +132,10 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
             next_score.extend(s for _, _, s in live)
         if not keep_sentences:
             break
-        past_k, past_v = out.keys[:, next_origin], out.values[:, next_origin]
+        past_k, past_v = _rows(next_origin, out.keys), _rows(next_origin, out.values)
         if len(keep_sentences) < n:
             rows = [i * k + b for i in keep_sentences for b in range(k)]
-            cross_k, cross_v, source_mask = cross_k[:, rows], cross_v[:, rows], source_mask[rows]
+            cross_k, cross_v, source_mask = _rows(rows, cross_k), _rows(rows, cross_v), source_mask[rows]
             active = [active[i] for i in keep_sentences]
         tokens = np.array(next_token, dtype=np.int64)[:, None]
         beam_scores = np.array(next_score, dtype=np.float32).reshape(len(active), k)

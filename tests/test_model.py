@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.attention import SelfAttention, merge_heads, split_heads
+from model.attention import SelfAttention, attend, merge_heads, split_heads
 from model.config import ModelConfig
 
 from tests.builders import EOS, PAD, make_model, random_batch
@@ -31,11 +31,13 @@ def test_shapes_of_every_stage(norm_first):
     memory = model.encode(src)
     assert memory.shape == (3, 7, c.d_model)
     cross_k, cross_v = model.cross_kv(memory)
-    assert cross_k.shape == cross_v.shape == (c.decoder_layers, 3, c.heads, 7, c.head_dim)
+    assert len(cross_k) == len(cross_v) == c.decoder_layers
+    assert {t.shape for t in cross_k + cross_v} == {(3, c.heads, 7, c.head_dim)}
     past_k, past_v = model.empty_cache(3)
     logits, k, v = model.decode(tgt, cross_k, cross_v, model.source_mask(src), past_k, past_v)
     assert logits.shape == (3, 6, c.vocab_size)
-    assert k.shape == v.shape == (c.decoder_layers, 3, c.heads, 6, c.head_dim)
+    assert len(k) == len(v) == c.decoder_layers
+    assert {t.shape for t in k + v} == {(3, c.heads, 6, c.head_dim)}
     assert model(src, tgt).shape == (3, 6, c.vocab_size)
 
 
@@ -87,7 +89,7 @@ def test_incremental_decoding_equals_full_recomputation(norm_first):
         logits, past_k, past_v = model.decode(tgt[:, t: t + 1], cross_k, cross_v, model.source_mask(src),
                                               past_k, past_v)
         steps.append(logits)
-    assert past_k.shape[3] == tgt.shape[1]
+    assert past_k[0].shape[2] == tgt.shape[1]
     assert (torch.cat(steps, dim=1) - full).abs().max().item() <= 1e-5
     # Several tokens at once on top of a cache also agree (chunked prefill).
     past_k, past_v = model.empty_cache(3)
@@ -120,3 +122,14 @@ def test_dropout_only_in_training():
     assert torch.equal(model(src, tgt), model(src, tgt))
     model.train()
     assert not torch.equal(model(src, tgt), model(src, tgt))
+
+
+def test_export_form_of_attention_equals_the_fused_kernel(monkeypatch):
+    """The written-out formula that ONNX export traces computes what the fused kernel computes."""
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    mask = torch.rand(2, 1, 3, 7) > 0.3
+    mask[..., 0] = True  # every query sees at least one key, as in the model
+    fused = attend(q, k, v, mask, 0.0)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert (attend(q, k, v, mask, 0.0) - fused).abs().max().item() <= 1e-6

@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # (glibc does, then pays page faults again): about 1.5x faster CPU training. Used where installed.
 TCMALLOC := $(wildcard /lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: install test data train-default clean
+.PHONY: install test data train-default bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ train-default: data
 	LD_PRELOAD=$(firstword $(TCMALLOC)) $(VENV)/bin/rosetta-train --train data/en-es/train.tsv \
 		--valid data/en-es/valid.tsv --out runs/en-es --vocab-size 8000 --lr 7e-4 --warmup-steps 800 \
 		--max-steps 12000 --eval-every 500 --save-every 100 --valid-bleu-sentences 400
+
+# Decoding speed of every engine on ../shared/bench/workload.toml (docs/benchmarks.md).
+bench: data
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/decode_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

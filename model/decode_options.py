@@ -134,3 +134,35 @@ class SentenceBeams:
 
     def n_best(self, n: int) -> list[Hypothesis]:
         return sorted(self.finished, key=lambda h: -h.score)[:n]
+
+
+@dataclass
+class BeamStep:
+    """What one beam-search step decided for the sentences still in the batch."""
+
+    kept: list[int]  # batch positions of the sentences that go on
+    origins: list[int]  # for each new beam row (K per kept sentence), the row it continues
+    tokens: list[int]  # the token each new beam row appends
+    scores: list[float]  # each new beam row's score
+
+    def kept_rows(self, k: int) -> list[int]:
+        """The rows (K per sentence) of the kept sentences in the step's batch."""
+        return [i * k + b for i in self.kept for b in range(k)]
+
+
+def advance_beams(sentences: list[SentenceBeams], active: list[int], top_scores: list[list[float]],
+                  top_index: list[list[int]], vocab: int, step: int, limits: list[int], options: DecodeOptions,
+                  eos_id: int) -> BeamStep:
+    """Advance every live sentence (`active`: their indices in `sentences`, in batch order) by one step,
+    given each one's top 2K continuations."""
+    k = options.beam_size
+    decision = BeamStep([], [], [], [])
+    for i, sentence in enumerate(active):
+        live = sentences[sentence].advance(top_scores[i], top_index[i], vocab, step, limits[sentence], options, eos_id)
+        if live is None:
+            continue
+        decision.kept.append(i)
+        decision.origins.extend(i * k + origin for origin, _, _ in live)
+        decision.tokens.extend(token for _, token, _ in live)
+        decision.scores.extend(score for _, _, score in live)
+    return decision

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
+from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
 from model.transformer import Cache, Transformer
 
 
@@ -118,27 +118,18 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
         vocab = log_probs.shape[-1]
         candidates = (beam_scores.reshape(n * k, 1) + log_probs).reshape(n, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)
-        top_scores, top_index = top_scores.tolist(), top_index.tolist()
         step += 1
-        next_origin, next_token, next_score, keep_sentences = [], [], [], []
-        for i, sentence in enumerate(active):
-            live = sentences[sentence].advance(top_scores[i], top_index[i], vocab, step, limits[sentence], options,
-                                               config.eos_id)
-            if live is None:
-                continue
-            keep_sentences.append(i)
-            next_origin.extend(i * k + o for o, _, _ in live)
-            next_token.extend(t for _, t, _ in live)
-            next_score.extend(s for _, _, s in live)
-        if not keep_sentences:
+        decision = advance_beams(sentences, active, top_scores.tolist(), top_index.tolist(), vocab, step, limits,
+                                 options, config.eos_id)
+        if not decision.kept:
             break
-        reorder = torch.tensor(next_origin, dtype=torch.long, device=device)
+        reorder = torch.tensor(decision.origins, dtype=torch.long, device=device)
         past_k, past_v = _rows(reorder, past_k), _rows(reorder, past_v)
-        if len(keep_sentences) < n:
-            rows = torch.tensor([i * k + b for i in keep_sentences for b in range(k)], dtype=torch.long, device=device)
+        if len(decision.kept) < n:
+            rows = torch.tensor(decision.kept_rows(k), dtype=torch.long, device=device)
             cross_k, cross_v = _rows(rows, cross_k), _rows(rows, cross_v)
             src_mask = src_mask.index_select(0, rows)
-            active = [active[i] for i in keep_sentences]
-        tokens = torch.tensor(next_token, dtype=torch.long, device=device)[:, None]
-        beam_scores = torch.tensor(next_score, device=device).reshape(len(active), k)
+            active = [active[i] for i in decision.kept]
+        tokens = torch.tensor(decision.tokens, dtype=torch.long, device=device)[:, None]
+        beam_scores = torch.tensor(decision.scores, device=device).reshape(len(active), k)
     return [s.n_best(options.n_best) for s in sentences]

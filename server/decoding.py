@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, normalized_score
+from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
 from server.graphs import Cache, OnnxGraphs
 
 
@@ -118,25 +118,16 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
         n = len(active)
         out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v, step >= options.min_length)
         top_scores, top_index = best_continuations(beam_scores, out.top_log_probs, out.top_ids, vocab, 2 * k)
-        top_scores, top_index = top_scores.tolist(), top_index.tolist()
         step += 1
-        next_origin, next_token, next_score, keep_sentences = [], [], [], []
-        for i, sentence in enumerate(active):
-            live = sentences[sentence].advance(top_scores[i], top_index[i], vocab, step, limits[sentence], options,
-                                               c.eos_id)
-            if live is None:
-                continue
-            keep_sentences.append(i)
-            next_origin.extend(i * k + o for o, _, _ in live)
-            next_token.extend(t for _, t, _ in live)
-            next_score.extend(s for _, _, s in live)
-        if not keep_sentences:
+        decision = advance_beams(sentences, active, top_scores.tolist(), top_index.tolist(), vocab, step, limits,
+                                 options, c.eos_id)
+        if not decision.kept:
             break
-        past_k, past_v = _rows(next_origin, out.keys), _rows(next_origin, out.values)
-        if len(keep_sentences) < n:
-            rows = [i * k + b for i in keep_sentences for b in range(k)]
+        past_k, past_v = _rows(decision.origins, out.keys), _rows(decision.origins, out.values)
+        if len(decision.kept) < n:
+            rows = decision.kept_rows(k)
             cross_k, cross_v, source_mask = _rows(rows, cross_k), _rows(rows, cross_v), source_mask[rows]
-            active = [active[i] for i in keep_sentences]
-        tokens = np.array(next_token, dtype=np.int64)[:, None]
-        beam_scores = np.array(next_score, dtype=np.float32).reshape(len(active), k)
+            active = [active[i] for i in decision.kept]
+        tokens = np.array(decision.tokens, dtype=np.int64)[:, None]
+        beam_scores = np.array(decision.scores, dtype=np.float32).reshape(len(active), k)
     return [s.n_best(options.n_best) for s in sentences]

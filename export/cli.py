@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from export.onnx_export import OPSET, export_graphs
+from export.onnx_export import GRAPH_OPTIMIZATIONS, OPSET, export_graphs
 from export.parity import verify
 from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
@@ -74,7 +74,7 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
     try:
         started = time.perf_counter()
         graphs = export_graphs(checkpoint.model, staging)
-        optimizations = convert([staging / f for f in graphs.values()], precision)
+        optimizations = GRAPH_OPTIMIZATIONS + convert([staging / f for f in graphs.values()], precision)
         shutil.copyfile(checkpoint.path / TOKENIZER, staging / TOKENIZER)
         manifest = build_manifest(staging, checkpoint, name, precision, graphs, optimizations)
         write_manifest(staging, manifest)

@@ -27,6 +27,12 @@ OPSET = 18
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 MAX_BATCH = 4096
+# What the graphs' design does for speed (recorded in every manifest; measured in docs/benchmarks.md).
+GRAPH_OPTIMIZATIONS = [
+    "decoder step applies the decoding rules and returns the top-32 tokens (no logits copied out per step)",
+    "attention written out as (Q/sqrt(d)) K^T so ONNX Runtime folds the transpose into MatMul",
+    "one key/value cache tensor per layer (no whole-cache split and stack per step)",
+]
 
 log = logging.getLogger("rosetta.export")
 

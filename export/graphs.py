@@ -101,8 +101,10 @@ class DecoderStepGraph(nn.Module):
         past_keys: Cache,
         past_values: Cache,
     ) -> tuple[torch.Tensor, ...]:
-        logits, keys, values = self.model.decode(tokens, cross_keys, cross_values, source_mask, past_keys, past_values)
-        logits = logits[:, -1]
+        hidden, keys, values = self.model.decode_hidden(tokens, cross_keys, cross_values, source_mask, past_keys,
+                                                        past_values)
+        # Project only the last position: selecting it after the projection would copy (B, V) logits.
+        logits = self.model.logits(hidden[:, -1])
         log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never
         log_probs = log_probs + torch.where(eos_allowed, torch.zeros_like(self.eos_penalty), self.eos_penalty)
         top_log_probs, top_ids = log_probs.topk(TOP_K, dim=-1)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from export.onnx_export import GRAPH_OPTIMIZATIONS, OPSET, export_graphs
 from export.parity import verify
+from export.probes import write_probes
 from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
@@ -89,7 +90,10 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
         if not report["passed"]:
             shutil.rmtree(staging)
             return None, report
-        return publish(staging, replace(manifest, parity=report)), report
+        probes = write_probes(staging, onnx_graphs, checkpoint.tokenizer, test_pairs)
+        manifest = replace(manifest, probes=probes, parity=report,
+                           files={**manifest.files, probes: file_record(staging / probes)})
+        return publish(staging, manifest), report
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

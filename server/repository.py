@@ -47,6 +47,7 @@ class Manifest:
     libraries: dict[str, str] = field(default_factory=dict)  # torch, onnx, onnxruntime, ... versions
     optimizations: list[str] = field(default_factory=list)  # what the export applied to the graphs
     parity: dict[str, Any] = field(default_factory=dict)  # the export's parity report
+    probes: str = ""  # file name of the probes a loader replays before serving (export/probes.py)
     format: int = MANIFEST_FORMAT
 
     @property
@@ -90,7 +91,7 @@ def load_manifest(version_dir: str | Path, *, verify: bool = True) -> Manifest:
         manifest = Manifest.from_json(path.read_text())
     except (ValueError, TypeError) as e:
         raise ModelVersionError(f"{path}: unreadable manifest ({e})") from None
-    needed = set(manifest.graphs.values()) | {manifest.tokenizer}
+    needed = set(manifest.graphs.values()) | {manifest.tokenizer} | ({manifest.probes} if manifest.probes else set())
     if not needed <= set(manifest.files):
         raise ModelVersionError(f"{path}: lists no checksum for {sorted(needed - set(manifest.files))}")
     if verify:

@@ -20,7 +20,12 @@ from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET
 from model.checkpoint import WEIGHTS, load_checkpoint
+from model.decode_options import DecodeOptions
+from server.decoding import translate_ids
+from server.graphs import OnnxGraphs
 from server.repository import MANIFEST, ModelVersionError, load_manifest, sha256_file, versions
+from server.sessions import SessionConfig
+from server.translator import pad_ids
 from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +58,8 @@ def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint
     assert manifest.config == checkpoint.config
     assert manifest.opset == OPSET >= 18
     assert manifest.graphs == {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
-    assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "tokenizer.model"}
+    assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "tokenizer.model", "probes.json"}
+    assert manifest.probes == "probes.json"
     for name, record in manifest.files.items():
         assert record == {"sha256": sha256_file(tiny_version / name), "bytes": (tiny_version / name).stat().st_size}
     assert manifest.source_checkpoint["sha256"] == sha256_file(tiny_checkpoint / WEIGHTS)
@@ -170,6 +176,19 @@ def test_evaluate_names_the_malformed_line(tiny_version, tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("The red cat.\tEl gato rojo.\nno reference here\n")
     assert evaluate_main(["--model", str(tiny_version), "--test", str(tmp_path / "bad.tsv")]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):
+    """What a server checks before serving a version: the probes' tokens and the held-out score."""
+    probes = json.loads((tiny_version / "probes.json").read_text())
+    graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu"))
+    assert len(probes["probes"]) == 16
+    for name, beam in (("greedy", 1), ("beam4", 4)):
+        batch = pad_ids([p["source_ids"] for p in probes["probes"]], 0)
+        replayed = [h[0].tokens for h in translate_ids(graphs, batch, DecodeOptions(beam_size=beam))]
+        assert replayed == [p[name] for p in probes["probes"]]
+    assert len(probes["heldout"]["pairs"]) == 32  # the whole tiny test set: fewer than 100 pairs
+    assert probes["heldout"]["chrf"] == pytest.approx(100.0)
 
 
 def test_manifest_is_plain_json_a_client_can_read(tiny_version):

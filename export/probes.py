@@ -1,0 +1,58 @@
+"""Probes stored in every version, so a server can check a version before serving it.
+
+`probes.json` holds what this version computed at export time, on this exporting machine:
+
+- probes: a few test sentences with the token ids of their greedy and beam-4 translations.
+  A loader that replays them must get the same tokens (fp32 and int8 alike: it is the same
+  graph on the same runtime), or the version is not what was verified.
+- heldout: a small sample of the test set, spread over the file, with the chrF and BLEU the
+  version reached on it (beam 4). A server compares a new version's chrF on it with the
+  version it serves before swapping.
+
+No torch here: the probes are the ONNX Runtime decoder's own outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model.decode_options import DecodeOptions
+from model.scoring import score_translations
+from model.tokenizer import Tokenizer
+from server.decoding import translate_ids
+from server.graphs import OnnxGraphs
+from server.translator import pad_ids
+
+PROBES_FILE = "probes.json"
+PROBE_SENTENCES = 16
+HELDOUT_SENTENCES = 100
+HELDOUT_BEAM = 4
+
+
+def evenly_spaced_indices(total: int, n: int) -> list[int]:
+    return list(range(total)) if n >= total else [i * total // n for i in range(n)]
+
+
+def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> dict:
+    max_positions = graphs.config.max_positions
+    probe_pairs = [pairs[i] for i in evenly_spaced_indices(len(pairs), PROBE_SENTENCES)]
+    source_ids = tokenizer.encode_sources([s for s, _ in probe_pairs], max_positions)
+    batch = pad_ids(source_ids, graphs.config.pad_id)
+    decoded = {name: [h[0].tokens for h in translate_ids(graphs, batch, DecodeOptions(beam_size=beam))]
+               for name, beam in (("greedy", 1), ("beam4", 4))}
+    probes = [{"source": source, "source_ids": ids, "greedy": greedy, "beam4": beam4}
+              for (source, _), ids, greedy, beam4 in zip(probe_pairs, source_ids, decoded["greedy"], decoded["beam4"])]
+    heldout = [pairs[i] for i in evenly_spaced_indices(len(pairs), HELDOUT_SENTENCES)]
+    heldout_ids = tokenizer.encode_sources([s for s, _ in heldout], max_positions)
+    hypotheses = [h[0].tokens for h in translate_ids(graphs, pad_ids(heldout_ids, graphs.config.pad_id),
+                                                      DecodeOptions(beam_size=HELDOUT_BEAM))]
+    scores = score_translations(tokenizer.decode_batch(hypotheses), [t for _, t in heldout])
+    return {"probes": probes,
+            "heldout": {"beam_size": HELDOUT_BEAM, "pairs": [list(p) for p in heldout], **scores}}
+
+
+def write_probes(version_dir: Path, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> str:
+    """Write probes.json into `version_dir`; returns its file name."""
+    (version_dir / PROBES_FILE).write_text(json.dumps(build_probes(graphs, tokenizer, pairs), ensure_ascii=False) + "\n")
+    return PROBES_FILE

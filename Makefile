@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # (glibc does, then pays page faults again): about 1.5x faster CPU training. Used where installed.
 TCMALLOC := $(wildcard /lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: install test data train-default bench clean
+.PHONY: install test data train-default bench protos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ train-default: data
 bench: data
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/decode_speed.py
+
+# Regenerate the committed gRPC stubs after editing protos/rosetta/v1/translator.proto.
+protos: $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iserver/api=protos/rosetta/v1 --python_out=. --grpc_python_out=. --pyi_out=. \
+		server/api/translator.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

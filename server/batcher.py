@@ -1,0 +1,182 @@
+"""Dynamic batching: concurrent requests decoded together, off the event loop.
+
+Requests (each a list of encoded sentences with one model version and one set of decoding
+options) wait in a bounded queue. A dispatcher takes the oldest, lets others arrive for up to
+`max_wait_ms`, gathers the waiting requests that share its model version and options up to
+`max_batch_sentences`, and decodes them as one batch in a worker thread (ONNX Runtime
+releases the GIL while it computes, so the event loop keeps answering). Sentences are decoded
+in length-sorted chunks; a sentence's translation never depends on its batch (the decoders
+give every sentence its own budget and drop finished rows).
+
+Before a batch starts, requests that were cancelled or whose deadline passed are dropped
+from it: they cost no compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
+from server.decoding import translate_ids
+from server.registry import LoadedVersion
+from server.translator import pad_ids
+
+log = logging.getLogger("rosetta.batcher")
+
+
+class QueueFullError(Exception):
+    """The queue holds `max_queue_sentences` already."""
+
+
+class DeadlineExpiredError(Exception):
+    """The request's deadline passed before its batch started."""
+
+
+@dataclass(eq=False)
+class _Request:
+    version: LoadedVersion
+    ids: list[list[int]]
+    options: DecodeOptions
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic() seconds
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple:
+        return id(self.version), self.options
+
+
+@dataclass
+class BatchStats:
+    """What a finished batch did, for metrics."""
+
+    sentences: int
+    requests: int
+    seconds: float
+    generated_tokens: int
+
+
+class Batcher:
+    """Gathers requests into batches and decodes them in worker threads."""
+
+    def __init__(self, *, max_batch_sentences: int = 64, max_wait_ms: float = 5.0, max_queue_sentences: int = 1024,
+                 workers: int = 1) -> None:
+        self.max_batch_sentences = max_batch_sentences
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue_sentences = max_queue_sentences
+        self._pending: list[_Request] = []
+        self._queued_sentences = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(workers)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self.on_batch: list = []  # callables taking BatchStats
+
+    @property
+    def queued_sentences(self) -> int:
+        return self._queued_sentences
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def close(self) -> None:
+        """Stop taking batches; wait for the ones running."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def translate(self, version: LoadedVersion, ids: list[list[int]], options: DecodeOptions,
+                        deadline: float | None = None) -> list[list[Hypothesis]]:
+        """Hypotheses for each sentence of `ids`. Raises QueueFullError or DeadlineExpiredError."""
+        if self._queued_sentences + len(ids) > self.max_queue_sentences:
+            raise QueueFullError(f"the server's queue is full ({self._queued_sentences} sentences waiting); "
+                                 "retry later")
+        request = _Request(version, ids, options, asyncio.get_running_loop().create_future(), deadline)
+        self._pending.append(request)
+        self._queued_sentences += len(ids)
+        self._wakeup.set()
+        return await request.future
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if not self._pending:
+                self._wakeup.clear()
+                continue
+            await self._slots.acquire()
+            first = self._pending[0]
+            if self._waiting_sentences(first.key) < self.max_batch_sentences:
+                await asyncio.sleep(max(0.0, first.queued_at + self.max_wait - time.monotonic()))
+            batch = self._take(first.key)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _waiting_sentences(self, key: tuple) -> int:
+        return sum(len(r.ids) for r in self._pending if r.key == key)
+
+    def _take(self, key: tuple) -> list[_Request]:
+        """Remove and return the live requests of one batch; settle the dead ones."""
+        batch, sentences, now = [], 0, time.monotonic()
+        for request in list(self._pending):
+            if request.key != key:
+                continue
+            if batch and sentences + len(request.ids) > self.max_batch_sentences:
+                break
+            self._pending.remove(request)
+            self._queued_sentences -= len(request.ids)
+            if request.future.done():  # cancelled by its caller
+                continue
+            if request.deadline is not None and now > request.deadline:
+                request.future.set_exception(DeadlineExpiredError("the deadline passed while the request was queued"))
+                continue
+            batch.append(request)
+            sentences += len(request.ids)
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._decode, batch)
+        except Exception as e:  # a bug: every request of the batch learns of it, the server goes on
+            log.exception("decoding a batch failed")
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(e)
+            return
+        finally:
+            self._slots.release()
+        tokens = 0
+        for request, hypotheses in zip(batch, results):
+            tokens += sum(len(h[0].tokens) for h in hypotheses)
+            if not request.future.done():
+                request.future.set_result(hypotheses)
+        stats = BatchStats(sum(len(r.ids) for r in batch), len(batch), time.monotonic() - started, tokens)
+        for callback in self.on_batch:
+            callback(stats)
+
+    def _decode(self, batch: list[_Request]) -> list[list[list[Hypothesis]]]:
+        """In a worker thread: decode every sentence of the batch, results split back by request."""
+        first = batch[0]
+        graphs = first.version.translator.graphs
+        ids = [sentence for request in batch for sentence in request.ids]
+        out: list[list[Hypothesis]] = [[] for _ in ids]
+        for chunk in length_sorted_batches([len(s) for s in ids], self.max_batch_sentences):
+            hypotheses = translate_ids(graphs, pad_ids([ids[i] for i in chunk], graphs.config.pad_id), first.options)
+            for i, h in zip(chunk, hypotheses):
+                out[i] = h
+        results, start = [], 0
+        for request in batch:
+            results.append(out[start: start + len(request.ids)])
+            start += len(request.ids)
+        return results

@@ -1,0 +1,94 @@
+"""The server's configuration: one typed dataclass, from CLI flags and ROSETTA_* environment variables.
+
+Precedence: a flag given on the command line, then its environment variable, then the default.
+Every setting is printed at start-up (`describe`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of `rosetta-serve`. Field docs are the --help texts."""
+
+    host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 for all (containers)
+    port: int = 50051  # gRPC port; 0 picks a free one (printed at start-up)
+    repository: Path = Path("models")  # model repository: <repository>/<name>/<version>/
+    default_model: str = ""  # model for requests that name none; empty: en-es if present, else the first by name
+    device: str = "auto"  # auto (CUDA when usable, else CPU), cuda or cpu
+    threads: int = 0  # intra-op threads per session; 0 = one per core
+    max_batch_sentences: int = 64  # sentences decoded together at most
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests to join it
+    max_queue_sentences: int = 1024  # sentences waiting at most; beyond, RESOURCE_EXHAUSTED
+    max_text_chars: int = 10_000  # characters per text
+    max_batch_texts: int = 256  # texts per TranslateBatch call
+    max_message_bytes: int = 4 * 1024 * 1024  # largest request or response message
+    grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long in-flight calls may finish
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
+        for name in ("max_batch_sentences", "max_queue_sentences", "max_text_chars", "max_batch_texts",
+                     "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.threads < 0:
+            raise ValueError("max_wait_ms, grace_seconds and threads must not be negative")
+
+    def describe(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+HELP = {
+    "host": "interface to listen on (0.0.0.0: all)",
+    "port": "gRPC port (0: a free one, printed at start-up)",
+    "repository": "model repository: <repository>/<name>/<version>/",
+    "default_model": "model for requests that name none (default: en-es if present, else the first by name)",
+    "device": "auto (CUDA when usable, else CPU), cuda or cpu",
+    "threads": "intra-op threads per ONNX Runtime session (0: one per core)",
+    "max_batch_sentences": "sentences decoded together at most",
+    "max_wait_ms": "how long a batch waits for more requests to join it",
+    "max_queue_sentences": "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED",
+    "max_text_chars": "characters per text",
+    "max_batch_texts": "texts per TranslateBatch call",
+    "max_message_bytes": "largest request or response message",
+    "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may finish",
+}
+
+
+def env_name(field_name: str) -> str:
+    return f"ROSETTA_{field_name.upper()}"
+
+
+def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="rosetta-serve", description="Serve translation models over gRPC.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = ServerConfig()
+    for f in fields(ServerConfig):
+        kind = type(getattr(defaults, f.name))
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+                            help=f"{HELP[f.name]} [env {env_name(f.name)}; default {getattr(defaults, f.name)}]")
+    args = parser.parse_args(argv)
+    values = {}
+    for f in fields(ServerConfig):
+        kind = type(getattr(defaults, f.name))
+        flag = getattr(args, f.name)
+        if flag is not None:
+            values[f.name] = flag
+        elif env_name(f.name) in environ:
+            try:
+                values[f.name] = kind(environ[env_name(f.name)])
+            except ValueError:
+                parser.error(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a valid {kind.__name__}")
+    try:
+        return ServerConfig(**values)
+    except ValueError as e:
+        parser.error(str(e))

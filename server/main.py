@@ -1,0 +1,90 @@
+"""`rosetta-serve`: the gRPC translation server.
+
+    rosetta-serve --repository models --port 50051
+
+Start-up: health NOT_SERVING while the models load, SERVING once they are ready. SIGTERM or
+SIGINT: health NOT_SERVING, new calls refused, in-flight calls get `grace_seconds` to finish,
+then exit 0. Besides rosetta.v1.Translator it runs grpc.health.v1.Health and server
+reflection, so generic tools (grpcurl, grpc_health_probe) work without the .proto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api import translator_pb2, translator_pb2_grpc
+from server.batcher import Batcher
+from server.config import ServerConfig, parse_config
+from server.registry import ModelRegistry, NoModelError
+from server.servicer import TranslatorServicer
+from server.sessions import DeviceUnavailableError, SessionConfig
+
+log = logging.getLogger("rosetta.server")
+
+SERVICE = translator_pb2.DESCRIPTOR.services_by_name["Translator"].full_name
+
+
+async def serve(config: ServerConfig) -> int:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                                      ("grpc.max_send_message_length", config.max_message_bytes)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    registry = ModelRegistry(config.repository, SessionConfig(device=config.device, intra_op_threads=config.threads),
+                             config.default_model)
+    batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
+                      max_queue_sentences=config.max_queue_sentences)
+    batcher.start()
+    # Registered before the models load: until then, calls get UNAVAILABLE and health says NOT_SERVING.
+    translator_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(registry, batcher, config), server)
+    try:
+        port = server.add_insecure_port(f"{config.host}:{config.port}")
+    except RuntimeError as e:
+        log.error("cannot listen on %s:%d (is the port in use?): %s", config.host, config.port, e)
+        await batcher.close()
+        return 1
+    await server.start()
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, registry.load)
+    except (NoModelError, DeviceUnavailableError) as e:
+        log.error("%s", e)
+        await server.stop(0)
+        await batcher.close()
+        return 1
+    for name in ("", SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # One machine-readable line: tests and scripts read the port from it (useful with --port 0).
+    print(json.dumps({"event": "serving", "host": config.host, "port": port,
+                      "models": [f"{v.name}/{v.version}" for v in registry.all()]}), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.warning("shutting down: in-flight calls have %.1f s", config.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    await batcher.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"rosetta-serve: {config.describe()}", file=sys.stderr, flush=True)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

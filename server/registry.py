@@ -1,0 +1,122 @@
+"""The models a server serves: every model in the repository, its newest valid version loaded.
+
+Requests name a model (or none: the default model) and optionally pin a version. A version
+that fails verification (checksums, manifest) is recorded as rejected with its reason, and
+the newest valid one serves instead. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from server.repository import Manifest, ModelVersionError, load_manifest, versions
+from server.sessions import SessionConfig
+from server.translator import Translator
+
+log = logging.getLogger("rosetta.registry")
+
+
+class ModelNotFoundError(LookupError):
+    """No such model, or no such version of it."""
+
+
+class NoModelError(RuntimeError):
+    """The repository holds no servable model."""
+
+
+@dataclass
+class LoadedVersion:
+    name: str
+    version: int
+    manifest: Manifest
+    translator: Translator
+    loaded_at: str
+
+    @property
+    def parity_summary(self) -> str:
+        parity = self.manifest.parity
+        if not parity:
+            return "no parity report"
+        runs = ", ".join(f"{'greedy' if r['beam_size'] == 1 else 'beam ' + str(r['beam_size'])} "
+                         f"{r['identical']}/{r['sentences']} identical, BLEU {r['onnxruntime']['bleu']:.1f}"
+                         for r in parity.get("translations", []))
+        return f"{'passed' if parity.get('passed') else 'FAILED'} ({self.manifest.precision}): {runs}"
+
+
+@dataclass
+class RejectedVersion:
+    name: str
+    version: int
+    reason: str
+
+
+class ModelRegistry:
+    """Loaded model versions, by name and version."""
+
+    def __init__(self, repository: Path, session_config: SessionConfig, default_model: str = "") -> None:
+        self.repository = Path(repository)
+        self.session_config = session_config
+        self.requested_default = default_model
+        self.loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self.rejected: list[RejectedVersion] = []
+
+    def load(self) -> None:
+        """Load the newest valid version of every model in the repository."""
+        if not self.repository.is_dir():
+            raise NoModelError(f"model repository {self.repository} does not exist")
+        loaded: dict[str, dict[int, LoadedVersion]] = {}
+        for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for number in reversed(versions(model_dir)):
+                try:
+                    loaded[model_dir.name] = {number: self._open(model_dir.name, number)}
+                    break
+                except ModelVersionError as e:
+                    log.error("rejected %s version %d: %s", model_dir.name, number, e)
+                    self.rejected.append(RejectedVersion(model_dir.name, number, str(e)))
+        if not loaded:
+            raise NoModelError(f"no servable model version in {self.repository}")
+        if self.requested_default and self.requested_default not in loaded:
+            raise NoModelError(f"default model {self.requested_default!r} is not in {self.repository}")
+        self.loaded = loaded  # one assignment: requests see no half-loaded registry
+
+    def _open(self, name: str, number: int) -> LoadedVersion:
+        directory = self.repository / name / str(number)
+        manifest = load_manifest(directory)
+        translator = Translator(directory, self.session_config)
+        log.info("loaded %s version %d (%s) on %s", name, number, manifest.precision, translator.provider)
+        return LoadedVersion(name, number, manifest, translator,
+                             datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def default_model(self) -> str:
+        if self.requested_default:
+            return self.requested_default
+        return "en-es" if "en-es" in self.loaded else sorted(self.loaded)[0]
+
+    def get(self, name: str = "", version: int = 0) -> LoadedVersion:
+        """The version serving `name` (the default model if empty); `version` 0 is the newest loaded.
+
+        A pinned version that exists in the repository but is not loaded yet is loaded now.
+        """
+        name = name or self.default_model
+        if name not in self.loaded:
+            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(sorted(self.loaded))}")
+        by_version = self.loaded[name]
+        if version == 0:
+            return by_version[max(by_version)]
+        if version in by_version:
+            return by_version[version]
+        if version in versions(self.repository / name):
+            try:
+                by_version[version] = self._open(name, version)
+                return by_version[version]
+            except ModelVersionError as e:
+                raise ModelNotFoundError(f"{name} version {version} cannot be served: {e}") from None
+        raise ModelNotFoundError(f"{name} has no version {version}; available: "
+                                 f"{', '.join(map(str, versions(self.repository / name)))}")
+
+    def all(self) -> list[LoadedVersion]:
+        return [v for name in sorted(self.loaded) for _, v in sorted(self.loaded[name].items(), reverse=True)]

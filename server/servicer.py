@@ -1,0 +1,209 @@
+"""The rosetta.v1.Translator gRPC service over the model registry and the batcher.
+
+Every error a caller can cause is answered with a status code and a message they can act on
+(see protos/rosetta/v1/translator.proto); anything else is a bug, logged with its traceback and
+answered INTERNAL without taking the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from model.decode_options import DecodeOptions, Hypothesis
+from model.tokenizer import SourceTooLongError
+from server import sentences
+from server.api import translator_pb2 as pb
+from server.api import translator_pb2_grpc
+from server.batcher import Batcher, DeadlineExpiredError, QueueFullError
+from server.config import ServerConfig
+from server.registry import LoadedVersion, ModelNotFoundError, ModelRegistry
+
+log = logging.getLogger("rosetta.servicer")
+
+DEFAULT_BEAM_SIZE = 4
+
+
+class RequestError(Exception):
+    """A request the server refuses, with the status code to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_options(options: pb.DecodingOptions) -> DecodeOptions:
+    """The request's options with the documented defaults, or INVALID_ARGUMENT."""
+    try:
+        return DecodeOptions(
+            beam_size=options.beam_size or DEFAULT_BEAM_SIZE,
+            length_penalty=options.length_penalty if options.HasField("length_penalty") else 1.0,
+            min_length=options.min_length,
+            max_length=options.max_length or None,
+            n_best=options.n_best or 1,
+        )
+    except ValueError as e:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"options: {e}") from None
+
+
+@dataclass
+class _Text:
+    segments: list[sentences.Segment]
+    ids: list[list[int]]
+
+
+class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
+    def __init__(self, registry: ModelRegistry, batcher: Batcher, config: ServerConfig) -> None:
+        self.registry = registry
+        self.batcher = batcher
+        self.config = config
+
+    # -- shared steps ----------------------------------------------------------------------
+    def _version(self, model: str, version: int) -> LoadedVersion:
+        if not self.registry.loaded:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "no model is ready yet: the server is loading; retry shortly")
+        try:
+            return self.registry.get(model, version)
+        except ModelNotFoundError as e:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, str(e)) from None
+
+    def _prepare(self, version: LoadedVersion, text: str, index: int | None = None) -> _Text:
+        where = "" if index is None else f"text {index}: "
+        if not text.strip():
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}text is empty")
+        if len(text) > self.config.max_text_chars:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{where}text has {len(text)} characters; the limit is {self.config.max_text_chars}")
+        segments = sentences.split(text, version.manifest.source_lang)
+        try:
+            ids = version.translator.encode([s.sentence for s in segments])
+        except SourceTooLongError as e:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{where}sentence {e.index + 1} has {e.tokens} tokens; the model accepts at most "
+                               f"{e.limit}: split it into shorter sentences") from None
+        except ValueError as e:  # not valid Unicode
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}{e}") from None
+        return _Text(segments, ids)
+
+    async def _decode(self, version: LoadedVersion, texts: list[_Text], options: DecodeOptions,
+                      context: grpc.aio.ServicerContext) -> list[list[list[Hypothesis]]]:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        ids = [sentence for text in texts for sentence in text.ids]
+        try:
+            hypotheses = await self.batcher.translate(version, ids, options, deadline)
+        except QueueFullError as e:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+        except DeadlineExpiredError as e:
+            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
+        out, start = [], 0
+        for text in texts:
+            out.append(hypotheses[start: start + len(text.ids)])
+            start += len(text.ids)
+        return out
+
+    def _response(self, version: LoadedVersion, text: _Text, per_sentence: list[list[Hypothesis]],
+                  n_best: int) -> pb.TranslateResponse:
+        decode = version.translator.tokenizer.decode
+        hypotheses = []
+        for rank in range(n_best):
+            # Rank r of the text: each sentence's r-th hypothesis (its best where it has fewer).
+            picks = [sentence[min(rank, len(sentence) - 1)] for sentence in per_sentence]
+            hypotheses.append(pb.Hypothesis(text=sentences.join(text.segments, [decode(h.tokens) for h in picks]),
+                                            score=sum(h.score for h in picks),
+                                            tokens=sum(len(h.tokens) for h in picks)))
+        return pb.TranslateResponse(translation=hypotheses[0].text, model=version.name, version=version.version,
+                                    hypotheses=hypotheses, source_tokens=sum(map(len, text.ids)),
+                                    sentences=len(text.ids))
+
+    async def _translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
+        options = decode_options(request.options)
+        version = self._version(request.model, request.version)
+        text = self._prepare(version, request.text)
+        (per_sentence,) = await self._decode(version, [text], options, context)
+        return self._response(version, text, per_sentence, options.n_best)
+
+    # -- RPCs ------------------------------------------------------------------------------
+    async def Translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
+        try:
+            return await self._translate(request, context)
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+        except Exception:
+            log.exception("Translate failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    async def TranslateBatch(self, request: pb.TranslateBatchRequest, context) -> pb.TranslateBatchResponse:
+        try:
+            if not request.texts:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "texts is empty")
+            if len(request.texts) > self.config.max_batch_texts:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{len(request.texts)} texts; the limit per call is {self.config.max_batch_texts}")
+            options = decode_options(request.options)
+            version = self._version(request.model, request.version)
+            texts = [self._prepare(version, t, i) for i, t in enumerate(request.texts)]
+            decoded = await self._decode(version, texts, options, context)
+            return pb.TranslateBatchResponse(translations=[
+                self._response(version, text, per_sentence, options.n_best)
+                for text, per_sentence in zip(texts, decoded)])
+        except RequestError as e:
+            await context.abort(e.code, str(e))
+        except Exception:
+            log.exception("TranslateBatch failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+    async def TranslateStream(self, request_iterator: AsyncIterator[pb.TranslateStreamRequest],
+                              context) -> AsyncIterator[pb.TranslateStreamResponse]:
+        results: asyncio.Queue[pb.TranslateStreamResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def one(item: pb.TranslateStreamRequest) -> None:
+            try:
+                response = await self._translate(item.request, context)
+                await results.put(pb.TranslateStreamResponse(id=item.id, response=response))
+            except RequestError as e:
+                await results.put(pb.TranslateStreamResponse(id=item.id, error=pb.Error(code=e.code.value[0],
+                                                                                      message=str(e))))
+            except Exception:  # a bug: this item fails, the stream goes on
+                log.exception("translating a stream item failed")
+                await results.put(pb.TranslateStreamResponse(id=item.id, error=pb.Error(
+                    code=grpc.StatusCode.INTERNAL.value[0], message="internal error; see the server log")))
+
+        async def read() -> None:
+            async for item in request_iterator:
+                task = asyncio.create_task(one(item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks))
+            await results.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await results.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        default_model = self.registry.default_model
+        models = []
+        for v in self.registry.all():
+            newest = max(self.registry.loaded[v.name])
+            models.append(pb.ModelInfo(
+                name=v.name, version=v.version, source_lang=v.manifest.source_lang,
+                target_lang=v.manifest.target_lang, precision=v.manifest.precision,
+                execution_provider=v.translator.provider, default_version=v.version == newest,
+                default_model=v.name == default_model, loaded_at=v.loaded_at, parity_summary=v.parity_summary,
+                state="SERVING"))
+        for r in self.registry.rejected:
+            models.append(pb.ModelInfo(name=r.name, version=r.version, state=f"REJECTED: {r.reason}"))
+        return pb.ListModelsResponse(models=models)

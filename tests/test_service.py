@@ -1,0 +1,199 @@
+"""The gRPC service, tested as clients see it: a real `rosetta-serve` process on a loopback port."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from server.api import translator_pb2 as pb
+from server.api import translator_pb2_grpc
+from tests.builders import tiny_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRS = tiny_pairs()
+
+
+class Server:
+    """A rosetta-serve subprocess and a channel to it."""
+
+    def __init__(self, repository: Path, *extra: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0", "--device", "cpu",
+             "--threads", "1", *extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
+        self.port = json.loads(line)["port"]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = translator_pb2_grpc.TranslatorStub(self.channel)
+
+    def stop(self) -> int:
+        self.channel.close()
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def service_repository(tiny_version, tmp_path_factory) -> Path:
+    """A repository holding only version 1 of the tiny model (other tests add versions to theirs)."""
+    root = tmp_path_factory.mktemp("service-models")
+    shutil.copytree(tiny_version, root / "tiny" / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(service_repository):
+    s = Server(service_repository)
+    yield s
+    assert s.stop() == 0
+
+
+def error_of(call, *args, **kwargs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def test_translate_returns_the_translation_model_and_version(server):
+    source, target = PAIRS[0]
+    response = server.stub.Translate(pb.TranslateRequest(text=source), timeout=30)
+    assert response.translation == target
+    assert (response.model, response.version) == ("tiny", 1)
+    assert response.hypotheses[0].text == target and response.hypotheses[0].score <= 0
+    assert response.sentences == 1 and response.source_tokens > 1
+
+
+def test_several_sentences_are_split_and_joined_with_their_spacing(server):
+    (s1, t1), (s2, t2), (s3, t3) = PAIRS[:3]
+    text = f"  {s1}  {s2}\n{s3} "
+    response = server.stub.Translate(pb.TranslateRequest(text=text, options=pb.DecodingOptions(beam_size=1)),
+                                     timeout=30)
+    assert response.translation == f"  {t1}  {t2}\n{t3} "
+    assert response.sentences == 3
+
+
+def test_n_best_and_options(server):
+    source, target = PAIRS[1]
+    response = server.stub.Translate(pb.TranslateRequest(
+        text=source, options=pb.DecodingOptions(beam_size=4, n_best=3, length_penalty=0.5)), timeout=30)
+    scores = [h.score for h in response.hypotheses]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert response.translation == target
+    short = server.stub.Translate(pb.TranslateRequest(text=source, options=pb.DecodingOptions(max_length=2)),
+                                  timeout=30)
+    assert short.hypotheses[0].tokens <= 2
+
+
+def test_batch_answers_in_request_order(server):
+    texts = [s for s, _ in PAIRS[:8]]
+    response = server.stub.TranslateBatch(pb.TranslateBatchRequest(texts=texts), timeout=30)
+    assert [r.translation for r in response.translations] == [t for _, t in PAIRS[:8]]
+
+
+def test_stream_correlates_by_id_and_reports_errors_per_item(server):
+    requests = [pb.TranslateStreamRequest(id=f"r{i}", request=pb.TranslateRequest(text=s))
+                for i, (s, _) in enumerate(PAIRS[:5])]
+    requests.append(pb.TranslateStreamRequest(id="bad", request=pb.TranslateRequest(text="   ")))
+    responses = {r.id: r for r in server.stub.TranslateStream(iter(requests), timeout=30)}
+    assert set(responses) == {"r0", "r1", "r2", "r3", "r4", "bad"}
+    for i, (_, target) in enumerate(PAIRS[:5]):
+        assert responses[f"r{i}"].response.translation == target
+    assert responses["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "empty" in responses["bad"].error.message
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(server):
+    texts = [s for s, _ in PAIRS] + [f"{a} {b}" for (a, _), (b, _) in zip(PAIRS[::2], PAIRS[1::2])]
+    alone = [server.stub.Translate(pb.TranslateRequest(text=t), timeout=30).translation for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda t: server.stub.Translate(pb.TranslateRequest(text=t), timeout=30).translation,
+                                 texts))
+    assert together == alone
+
+
+def test_list_models_describes_what_is_served(server):
+    (model,) = server.stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert (model.name, model.version, model.precision, model.state) == ("tiny", 1, "fp32", "SERVING")
+    assert (model.source_lang, model.target_lang) == ("en", "es")
+    assert model.execution_provider == "CPUExecutionProvider"
+    assert model.default_model and model.default_version and model.loaded_at
+    assert model.parity_summary.startswith("passed")
+
+
+@pytest.mark.parametrize("request_, code, words", [
+    (pb.TranslateRequest(text=""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+    (pb.TranslateRequest(text="The cat.", model="xx-yy"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+    (pb.TranslateRequest(text="The cat.", version=7), grpc.StatusCode.NOT_FOUND, "no version 7"),
+    (pb.TranslateRequest(text="The cat.", options=pb.DecodingOptions(beam_size=99)),
+     grpc.StatusCode.INVALID_ARGUMENT, "beam_size"),
+    (pb.TranslateRequest(text="The cat.", options=pb.DecodingOptions(beam_size=2, n_best=3)),
+     grpc.StatusCode.INVALID_ARGUMENT, "n_best"),
+    (pb.TranslateRequest(text=" ".join(["house"] * 200)), grpc.StatusCode.INVALID_ARGUMENT, "at most 64"),
+    (pb.TranslateRequest(text="x" * 10_001), grpc.StatusCode.INVALID_ARGUMENT, "limit is 10000"),
+])
+def test_bad_requests_get_a_clear_status(server, request_, code, words):
+    error = error_of(server.stub.Translate, request_, timeout=10)
+    assert error.code() == code
+    assert words in error.details()
+
+
+def test_batch_limits_name_the_bad_text(server):
+    error = error_of(server.stub.TranslateBatch, pb.TranslateBatchRequest(texts=["The cat.", ""]), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "text 1" in error.details()
+    error = error_of(server.stub.TranslateBatch, pb.TranslateBatchRequest(texts=["a"] * 257), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit per call is 256" in error.details()
+
+
+def test_health_and_reflection(server):
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "rosetta.v1.Translator"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    (answer,) = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                timeout=5)
+    services = {s.name for s in answer.list_services_response.service}
+    assert {"rosetta.v1.Translator", "grpc.health.v1.Health"} <= services
+
+
+def test_sigterm_finishes_in_flight_calls_then_exits_zero(service_repository):
+    s = Server(service_repository)
+    texts = [source for source, _ in PAIRS] * 8
+    long_work = pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=8, min_length=50))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        call = pool.submit(s.stub.TranslateBatch, long_work, timeout=120)
+        time.sleep(0.5)
+        assert not call.done(), "the call should still be running when SIGTERM arrives"
+        s.process.send_signal(signal.SIGTERM)
+        assert len(call.result().translations) == len(texts)
+    assert s.process.wait(timeout=30) == 0
+    s.channel.close()
+
+
+def test_an_empty_repository_fails_start_up_with_a_clear_message(tmp_path):
+    process = subprocess.run([sys.executable, "-m", "server.main", "--repository", str(tmp_path), "--port", "0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 1
+    assert "no servable model version" in process.stderr
+
+
+def test_committed_stubs_match_the_proto(tmp_path):
+    """The stubs in server/api are what grpcio-tools generates from protos/ (run `make protos`)."""
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iserver/api=protos/rosetta/v1",
+                    f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}",
+                    "server/api/translator.proto"], cwd=ROOT, check=True)
+    for name in ("translator_pb2.py", "translator_pb2_grpc.py", "translator_pb2.pyi"):
+        generated = (tmp_path / "server" / "api" / name).read_text()
+        assert generated == (ROOT / "server" / "api" / name).read_text(), name

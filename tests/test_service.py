@@ -197,3 +197,32 @@ def test_committed_stubs_match_the_proto(tmp_path):
     for name in ("translator_pb2.py", "translator_pb2_grpc.py", "translator_pb2.pyi"):
         generated = (tmp_path / "server" / "api" / name).read_text()
         assert generated == (ROOT / "server" / "api" / name).read_text(), name
+
+
+def test_python_client(server):
+    from client import TranslationError, TranslatorClient
+
+    with TranslatorClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        assert client.translate(PAIRS[0][0]) == PAIRS[0][1]
+        hypotheses = client.translate_n_best(PAIRS[0][0], beam_size=4, n_best=2)
+        assert len(hypotheses) == 2 and hypotheses[0].score >= hypotheses[1].score
+        assert client.translate_batch([s for s, _ in PAIRS[:3]], beam_size=1) == [t for _, t in PAIRS[:3]]
+        assert [(m.name, m.version, m.state) for m in client.models()] == [("tiny", 1, "SERVING")]
+        with pytest.raises(TranslationError) as caught:
+            client.translate("The cat.", model="nope")
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_translate_cli_argument_stdin_and_errors(server):
+    address = f"127.0.0.1:{server.port}"
+    cli = [sys.executable, "-m", "client.cli", "--server", address]
+    out = subprocess.run([*cli, PAIRS[0][0]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == PAIRS[0][1] + "\n"
+    stdin = "".join(s + "\n" for s, _ in PAIRS[:3])
+    out = subprocess.run(cli, input=stdin, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == [t for _, t in PAIRS[:3]]
+    out = subprocess.run([*cli, "--model", "nope", "The cat."], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "NOT_FOUND" in out.stderr and "unknown model" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "client.cli", "--server", "127.0.0.1:1", "--timeout", "5", "Hi."],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "UNAVAILABLE" in out.stderr

@@ -1,0 +1,113 @@
+"""A small typed Python client of rosetta.v1.Translator.
+
+    with TranslatorClient("localhost:50051") as client:
+        print(client.translate("Hello, world."))
+        for hypothesis in client.translate_n_best("Hello, world.", n_best=3):
+            print(hypothesis.score, hypothesis.text)
+
+Decoding options are keyword arguments of each call; unset ones take the server's defaults
+(see protos/rosetta/v1/translator.proto). Errors raise TranslationError with the gRPC status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from server.api import translator_pb2 as pb
+from server.api import translator_pb2_grpc
+
+
+class TranslationError(Exception):
+    """The server refused or failed a call."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    text: str
+    score: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    source_lang: str
+    target_lang: str
+    precision: str
+    execution_provider: str
+    state: str
+
+
+class TranslatorClient:
+    """A channel to one server; close it (or use `with`) when done."""
+
+    def __init__(self, target: str = "localhost:50051", *, token: str | None = None,
+                 root_certificates: bytes | None = None, timeout: float = 60.0) -> None:
+        """target: host:port. token: bearer token, for servers that require one.
+        root_certificates: PEM CA certificates to use TLS (None: plain text). timeout: seconds per call."""
+        if root_certificates is not None:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
+        else:
+            self._channel = grpc.insecure_channel(target)
+        self._stub = translator_pb2_grpc.TranslatorStub(self._channel)
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self.timeout = timeout
+
+    def __enter__(self) -> TranslatorClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise TranslationError(e.code(), e.details()) from None
+
+    @staticmethod
+    def _options(beam_size: int | None, length_penalty: float | None, min_length: int | None,
+                 max_length: int | None, n_best: int | None) -> pb.DecodingOptions:
+        options = pb.DecodingOptions(beam_size=beam_size or 0, min_length=min_length or 0,
+                                     max_length=max_length or 0, n_best=n_best or 0)
+        if length_penalty is not None:
+            options.length_penalty = length_penalty
+        return options
+
+    def translate_n_best(self, text: str, *, model: str = "", version: int = 0, beam_size: int | None = None,
+                         length_penalty: float | None = None, min_length: int | None = None,
+                         max_length: int | None = None, n_best: int | None = None) -> list[Hypothesis]:
+        """The n best translations of `text`, best first (options: see the .proto)."""
+        response = self._call(self._stub.Translate, pb.TranslateRequest(
+            text=text, model=model, version=version,
+            options=self._options(beam_size, length_penalty, min_length, max_length, n_best)))
+        return [Hypothesis(h.text, h.score, h.tokens) for h in response.hypotheses]
+
+    def translate(self, text: str, **options) -> str:
+        """The best translation of `text`; options as in `translate_n_best`."""
+        return self.translate_n_best(text, **options)[0].text
+
+    def translate_batch(self, texts: Sequence[str], *, model: str = "", version: int = 0,
+                        beam_size: int | None = None, length_penalty: float | None = None,
+                        min_length: int | None = None, max_length: int | None = None) -> list[str]:
+        """The best translation of each text, in order, in one call."""
+        response = self._call(self._stub.TranslateBatch, pb.TranslateBatchRequest(
+            texts=list(texts), model=model, version=version,
+            options=self._options(beam_size, length_penalty, min_length, max_length, None)))
+        return [r.translation for r in response.translations]
+
+    def models(self) -> list[ModelInfo]:
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return [ModelInfo(m.name, m.version, m.source_lang, m.target_lang, m.precision, m.execution_provider, m.state)
+                for m in response.models]

@@ -29,6 +29,11 @@ class ServerConfig:
     max_batch_texts: int = 256  # texts per TranslateBatch call
     max_message_bytes: int = 4 * 1024 * 1024  # largest request or response message
     grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long in-flight calls may finish
+    metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 picks a free port, -1 turns it off
+    auth_token: str = ""  # require 'authorization: Bearer <token>' on every call but health and reflection
+    auth_token_file: str = ""  # read the token from this file instead (keeps it out of the process list)
+    tls_cert: str = ""  # PEM certificate chain: with tls_key, serve TLS instead of plain text
+    tls_key: str = ""  # PEM private key of tls_cert
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -41,9 +46,23 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.threads < 0:
             raise ValueError("max_wait_ms, grace_seconds and threads must not be negative")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.auth_token and self.auth_token_file:
+            raise ValueError("give auth_token or auth_token_file, not both")
+
+    def token(self) -> str:
+        """The bearer token required of callers; empty when authentication is off."""
+        if self.auth_token_file:
+            return Path(self.auth_token_file).read_text().strip()
+        return self.auth_token
 
     def describe(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        """Every setting, for the start-up log; the token itself is never shown."""
+        return " ".join(f"{f.name}={'<set>' if f.name == 'auth_token' and self.auth_token else getattr(self, f.name)}"
+                        for f in fields(self))
 
 
 HELP = {
@@ -60,6 +79,11 @@ HELP = {
     "max_batch_texts": "texts per TranslateBatch call",
     "max_message_bytes": "largest request or response message",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may finish",
+    "metrics_port": "Prometheus /metrics HTTP port (0: a free one, -1: off)",
+    "auth_token": "require 'authorization: Bearer <token>' on every call but health and reflection",
+    "auth_token_file": "read the bearer token from this file",
+    "tls_cert": "PEM certificate chain; with --tls-key, serve TLS",
+    "tls_key": "PEM private key for --tls-cert",
 }
 
 

@@ -15,14 +15,17 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api import translator_pb2, translator_pb2_grpc
+from server.auth import BearerTokenInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, parse_config
+from server.metrics import Metrics
 from server.registry import ModelRegistry, NoModelError
 from server.servicer import TranslatorServicer
 from server.sessions import DeviceUnavailableError, SessionConfig
@@ -32,9 +35,18 @@ log = logging.getLogger("rosetta.server")
 SERVICE = translator_pb2.DESCRIPTOR.services_by_name["Translator"].full_name
 
 
+def credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    return grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+
+
 async def serve(config: ServerConfig) -> int:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                                      ("grpc.max_send_message_length", config.max_message_bytes)])
+    token = config.token()
+    server = grpc.aio.server(
+        interceptors=[BearerTokenInterceptor(token)] if token else [],
+        options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                 ("grpc.max_send_message_length", config.max_message_bytes)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
@@ -45,10 +57,21 @@ async def serve(config: ServerConfig) -> int:
     batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
                       max_queue_sentences=config.max_queue_sentences)
     batcher.start()
-    # Registered before the models load: until then, calls get UNAVAILABLE and health says NOT_SERVING.
-    translator_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(registry, batcher, config), server)
+    metrics = Metrics()
+    batcher.on_batch.append(metrics.observe_batch)
+    metrics.track_queue(lambda: batcher.queued_sentences)
     try:
-        port = server.add_insecure_port(f"{config.host}:{config.port}")
+        metrics_port = metrics.serve(config.host, config.metrics_port) if config.metrics_port >= 0 else None
+    except OSError as e:
+        log.error("cannot serve metrics on %s:%d (is the port in use?): %s", config.host, config.metrics_port, e)
+        await batcher.close()
+        return 1
+    # Registered before the models load: until then, calls get UNAVAILABLE and health says NOT_SERVING.
+    translator_pb2_grpc.add_TranslatorServicer_to_server(TranslatorServicer(registry, batcher, config, metrics), server)
+    try:
+        address = f"{config.host}:{config.port}"
+        tls = credentials(config)
+        port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     except RuntimeError as e:
         log.error("cannot listen on %s:%d (is the port in use?): %s", config.host, config.port, e)
         await batcher.close()
@@ -61,10 +84,13 @@ async def serve(config: ServerConfig) -> int:
         await server.stop(0)
         await batcher.close()
         return 1
+    for v in registry.all():
+        metrics.model_loaded.labels(v.name, str(v.version), v.manifest.precision, v.translator.provider).set(1)
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # One machine-readable line: tests and scripts read the port from it (useful with --port 0).
-    print(json.dumps({"event": "serving", "host": config.host, "port": port,
+    print(json.dumps({"event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
+                      "tls": tls is not None, "auth": bool(token),
                       "models": [f"{v.name}/{v.version}" for v in registry.all()]}), flush=True)
 
     stop = asyncio.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +22,7 @@ from server.api import translator_pb2 as pb
 from server.api import translator_pb2_grpc
 from server.batcher import Batcher, DeadlineExpiredError, QueueFullError
 from server.config import ServerConfig
+from server.metrics import Metrics
 from server.registry import LoadedVersion, ModelNotFoundError, ModelRegistry
 
 log = logging.getLogger("rosetta.servicer")
@@ -58,10 +59,12 @@ class _Text:
 
 
 class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
-    def __init__(self, registry: ModelRegistry, batcher: Batcher, config: ServerConfig) -> None:
+    def __init__(self, registry: ModelRegistry, batcher: Batcher, config: ServerConfig,
+                 metrics: Metrics | None = None) -> None:
         self.registry = registry
         self.batcher = batcher
         self.config = config
+        self.metrics = metrics
 
     # -- shared steps ----------------------------------------------------------------------
     def _version(self, model: str, version: int) -> LoadedVersion:
@@ -129,17 +132,30 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         return self._response(version, text, per_sentence, options.n_best)
 
     # -- RPCs ------------------------------------------------------------------------------
-    async def Translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
+    async def _observed(self, method: str, context, work: Callable[[], Awaitable]):
+        """Run an RPC's work: refusals become their status code, bugs INTERNAL; metrics either way."""
+        started, code = time.perf_counter(), "OK"
         try:
-            return await self._translate(request, context)
+            return await work()
         except RequestError as e:
+            code = e.code.name
             await context.abort(e.code, str(e))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         except Exception:
-            log.exception("Translate failed")
+            code = "INTERNAL"
+            log.exception("%s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_call(method, code, time.perf_counter() - started)
+
+    async def Translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
+        return await self._observed("Translate", context, lambda: self._translate(request, context))
 
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context) -> pb.TranslateBatchResponse:
-        try:
+        async def work() -> pb.TranslateBatchResponse:
             if not request.texts:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "texts is empty")
             if len(request.texts) > self.config.max_batch_texts:
@@ -152,11 +168,8 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             return pb.TranslateBatchResponse(translations=[
                 self._response(version, text, per_sentence, options.n_best)
                 for text, per_sentence in zip(texts, decoded)])
-        except RequestError as e:
-            await context.abort(e.code, str(e))
-        except Exception:
-            log.exception("TranslateBatch failed")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+        return await self._observed("TranslateBatch", context, work)
 
     async def TranslateStream(self, request_iterator: AsyncIterator[pb.TranslateStreamRequest],
                               context) -> AsyncIterator[pb.TranslateStreamResponse]:
@@ -185,15 +198,24 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             await results.put(None)
 
         reader = asyncio.create_task(read())
+        started, code = time.perf_counter(), "OK"
         try:
             while (response := await results.get()) is not None:
                 yield response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+            if self.metrics is not None:
+                self.metrics.observe_call("TranslateStream", code, time.perf_counter() - started)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return await self._observed("ListModels", context, self._list_models)
+
+    async def _list_models(self) -> pb.ListModelsResponse:
         default_model = self.registry.default_model
         models = []
         for v in self.registry.all():

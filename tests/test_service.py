@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -27,16 +28,18 @@ PAIRS = tiny_pairs()
 class Server:
     """A rosetta-serve subprocess and a channel to it."""
 
-    def __init__(self, repository: Path, *extra: str) -> None:
+    def __init__(self, repository: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0", "--device", "cpu",
-             "--threads", "1", *extra],
+             "--threads", "1", "--metrics-port", "0", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
-        self.port = json.loads(line)["port"]
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.started = json.loads(line)
+        self.port = self.started["port"]
+        address = f"localhost:{self.port}"
+        self.channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
         self.stub = translator_pb2_grpc.TranslatorStub(self.channel)
 
     def stop(self) -> int:
@@ -226,3 +229,52 @@ def test_translate_cli_argument_stdin_and_errors(server):
     out = subprocess.run([sys.executable, "-m", "client.cli", "--server", "127.0.0.1:1", "--timeout", "5", "Hi."],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "UNAVAILABLE" in out.stderr
+
+
+def test_metrics_count_calls_by_method_and_code(server):
+    server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30)
+    error_of(server.stub.Translate, pb.TranslateRequest(text=""), timeout=10)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.started['metrics_port']}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    assert 'rosetta_requests_total{code="OK",method="Translate"}' in text
+    assert 'rosetta_requests_total{code="INVALID_ARGUMENT",method="Translate"}' in text
+    assert "rosetta_batch_sentences_count" in text and "rosetta_generated_tokens_total" in text
+    assert 'rosetta_model_loaded{model="tiny",precision="fp32",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    assert "rosetta_queue_sentences 0.0" in text
+
+
+def test_bearer_token_is_required_except_for_health(service_repository, tmp_path):
+    (tmp_path / "token").write_text("s3cret-token\n")
+    s = Server(service_repository, "--auth-token-file", str(tmp_path / "token"))
+    try:
+        assert "s3cret" not in s.process.stderr.readline()  # the printed configuration hides the token
+        request = pb.TranslateRequest(text=PAIRS[0][0])
+        assert error_of(s.stub.Translate, request, timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+        wrong = [("authorization", "Bearer nope")]
+        assert error_of(s.stub.Translate, request, timeout=10, metadata=wrong).code() == \
+            grpc.StatusCode.UNAUTHENTICATED
+        right = [("authorization", "Bearer s3cret-token")]
+        assert s.stub.Translate(request, timeout=30, metadata=right).translation == PAIRS[0][1]
+        stream = s.stub.TranslateStream(iter([pb.TranslateStreamRequest(id="a", request=request)]), timeout=10)
+        assert error_of(list, stream).code() == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(s.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert s.stop() == 0
+
+
+def test_tls(service_repository, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    s = Server(service_repository, "--tls-cert", str(cert), "--tls-key", str(key),
+               credentials=grpc.ssl_channel_credentials(cert.read_bytes()))
+    try:
+        assert s.started["tls"] is True
+        assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
+        plain = translator_pb2_grpc.TranslatorStub(grpc.insecure_channel(f"localhost:{s.port}"))
+        assert error_of(plain.Translate, pb.TranslateRequest(text="Hi."), timeout=5).code() == \
+            grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert s.stop() == 0

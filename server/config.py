@@ -29,6 +29,8 @@ class ServerConfig:
     max_batch_texts: int = 256  # texts per TranslateBatch call
     max_message_bytes: int = 4 * 1024 * 1024  # largest request or response message
     grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long in-flight calls may finish
+    reload_interval: float = 10.0  # seconds between looks for new versions (SIGHUP: at once); 0: only on SIGHUP
+    max_chrf_drop: float = 1.0  # a new version's held-out chrF may be at most this far below the serving one's
     metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 picks a free port, -1 turns it off
     auth_token: str = ""  # require 'authorization: Bearer <token>' on every call but health and reflection
     auth_token_file: str = ""  # read the token from this file instead (keeps it out of the process list)
@@ -44,8 +46,8 @@ class ServerConfig:
                      "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_wait_ms < 0 or self.grace_seconds < 0 or self.threads < 0:
-            raise ValueError("max_wait_ms, grace_seconds and threads must not be negative")
+        if min(self.max_wait_ms, self.grace_seconds, self.threads, self.reload_interval, self.max_chrf_drop) < 0:
+            raise ValueError("max_wait_ms, grace_seconds, threads, reload_interval and max_chrf_drop must not be negative")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -79,6 +81,8 @@ HELP = {
     "max_batch_texts": "texts per TranslateBatch call",
     "max_message_bytes": "largest request or response message",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may finish",
+    "reload_interval": "seconds between looks for new model versions (0: only on SIGHUP)",
+    "max_chrf_drop": "reject a new version whose held-out chrF is more than this below the serving version's",
     "metrics_port": "Prometheus /metrics HTTP port (0: a free one, -1: off)",
     "auth_token": "require 'authorization: Bearer <token>' on every call but health and reflection",
     "auth_token_file": "read the bearer token from this file",

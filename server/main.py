@@ -4,7 +4,8 @@
 
 Start-up: health NOT_SERVING while the models load, SERVING once they are ready. SIGTERM or
 SIGINT: health NOT_SERVING, new calls refused, in-flight calls get `grace_seconds` to finish,
-then exit 0. Besides rosetta.v1.Translator it runs grpc.health.v1.Health and server
+then exit 0. New versions exported into the repository are found, gated and swapped in while
+serving (server/reloader.py); SIGHUP looks at once. Besides rosetta.v1.Translator it runs grpc.health.v1.Health and server
 reflection, so generic tools (grpcurl, grpc_health_probe) work without the .proto.
 """
 
@@ -27,6 +28,7 @@ from server.batcher import Batcher
 from server.config import ServerConfig, parse_config
 from server.metrics import Metrics
 from server.registry import ModelRegistry, NoModelError
+from server.reloader import Reloader
 from server.servicer import TranslatorServicer
 from server.sessions import DeviceUnavailableError, SessionConfig
 
@@ -84,8 +86,19 @@ async def serve(config: ServerConfig) -> int:
         await server.stop(0)
         await batcher.close()
         return 1
+    def show_in_metrics(version, previous) -> None:
+        if previous is not None:
+            metrics.model_loaded.remove(previous.name, str(previous.version), previous.manifest.precision,
+                                        previous.translator.provider)
+        metrics.model_loaded.labels(version.name, str(version.version), version.manifest.precision,
+                                    version.translator.provider).set(1)
+
     for v in registry.all():
-        metrics.model_loaded.labels(v.name, str(v.version), v.manifest.precision, v.translator.provider).set(1)
+        show_in_metrics(v, None)
+    reloader = Reloader(registry, max_chrf_drop=config.max_chrf_drop, on_swap=show_in_metrics)
+    wake = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
+    reload_task = asyncio.create_task(reloader.run(config.reload_interval or None, wake))
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     # One machine-readable line: tests and scripts read the port from it (useful with --port 0).
@@ -99,6 +112,7 @@ async def serve(config: ServerConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.warning("shutting down: in-flight calls have %.1f s", config.grace_seconds)
+    reload_task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_seconds)
     await batcher.close()

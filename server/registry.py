@@ -71,7 +71,7 @@ class ModelRegistry:
         for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for number in reversed(versions(model_dir)):
                 try:
-                    loaded[model_dir.name] = {number: self._open(model_dir.name, number)}
+                    loaded[model_dir.name] = {number: self.open(model_dir.name, number)}
                     break
                 except ModelVersionError as e:
                     log.error("rejected %s version %d: %s", model_dir.name, number, e)
@@ -82,7 +82,8 @@ class ModelRegistry:
             raise NoModelError(f"default model {self.requested_default!r} is not in {self.repository}")
         self.loaded = loaded  # one assignment: requests see no half-loaded registry
 
-    def _open(self, name: str, number: int) -> LoadedVersion:
+    def open(self, name: str, number: int) -> LoadedVersion:
+        """Verify and load one version, without serving it yet."""
         directory = self.repository / name / str(number)
         manifest = load_manifest(directory)
         translator = Translator(directory, self.session_config)
@@ -111,12 +112,22 @@ class ModelRegistry:
             return by_version[version]
         if version in versions(self.repository / name):
             try:
-                by_version[version] = self._open(name, version)
+                by_version[version] = self.open(name, version)
                 return by_version[version]
             except ModelVersionError as e:
                 raise ModelNotFoundError(f"{name} version {version} cannot be served: {e}") from None
         raise ModelNotFoundError(f"{name} has no version {version}; available: "
                                  f"{', '.join(map(str, versions(self.repository / name)))}")
+
+    def swap(self, version: LoadedVersion) -> LoadedVersion | None:
+        """Serve `version` as its model's newest version from now on; returns the one it replaces.
+
+        One assignment: a request sees either the old map or the new. Requests holding the
+        replaced version finish on it; it is freed after the last of them.
+        """
+        previous = self.loaded.get(version.name, {})
+        self.loaded = {**self.loaded, version.name: {version.version: version}}
+        return previous[max(previous)] if previous else None
 
     def all(self) -> list[LoadedVersion]:
         return [v for name in sorted(self.loaded) for _, v in sorted(self.loaded[name].items(), reverse=True)]

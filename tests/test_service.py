@@ -8,12 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -278,3 +280,80 @@ def test_tls(service_repository, tmp_path):
             grpc.StatusCode.UNAVAILABLE
     finally:
         assert s.stop() == 0
+
+
+def wait_for(condition, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def states(s: Server) -> dict[int, str]:
+    return {m.version: m.state for m in s.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+
+
+def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_checkpoint, tmp_path):
+    """Clients translate without pause while new versions arrive: a good one is swapped in with
+    no failed request; a corrupted one and a worse one are rejected while the good one serves."""
+    from export.cli import export_version
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    repository = tmp_path / "models"
+    shutil.copytree(service_repository, repository)
+    s = Server(repository, "--reload-interval", "0.3")
+    stop, answers, errors = threading.Event(), [], []
+
+    def client(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            source, target = PAIRS[i % len(PAIRS)]
+            try:
+                response = s.stub.Translate(pb.TranslateRequest(text=source), timeout=30)
+                answers.append((response.version, response.translation == target))
+            except grpc.RpcError as e:
+                errors.append(e)
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        version_dir, _ = export_version(tiny_checkpoint, repository, "tiny", PAIRS, beam_sizes=(1,))
+        assert version_dir.name == "2"
+        wait_for(lambda: any(v == 2 for v, _ in answers[-8:]))
+        served_before = len(answers)
+        wait_for(lambda: len(answers) > served_before + 20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert all(correct for _, correct in answers)
+    assert {v for v, _ in answers[-10:]} == {2}
+
+    # A corrupted version: rejected, version 2 keeps serving.
+    staged = tmp_path / "staged-3"
+    shutil.copytree(repository / "tiny" / "2", staged)
+    data = bytearray((staged / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (staged / "decoder.onnx").write_bytes(bytes(data))
+    staged.rename(repository / "tiny" / "3")
+    s.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: states(s).get(3, "").startswith("REJECTED"))
+    assert "checksum" in states(s)[3]
+
+    # A worse model (weights perturbed): exports fine, but its held-out chrF falls: rejected.
+    worse = load_checkpoint(tiny_checkpoint)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in worse.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    save_checkpoint(tmp_path / "worse", worse.model, worse.tokenizer, worse.info)
+    version_dir, _ = export_version(tmp_path / "worse", repository, "tiny", PAIRS, beam_sizes=(1,))
+    assert version_dir.name == "4"
+    wait_for(lambda: states(s).get(4, "").startswith("REJECTED"))
+    assert "chrF" in states(s)[4]
+    assert states(s)[2] == "SERVING"
+    assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).version == 2
+    assert s.stop() == 0

@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # (glibc does, then pays page faults again): about 1.5x faster CPU training. Used where installed.
 TCMALLOC := $(wildcard /lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: install test data train-default bench protos clean
+.PHONY: install test serve data train-default bench protos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m pytest
+
+# Serve the committed default model (models/en-es) on localhost:50051; Ctrl-C stops it gracefully.
+serve: $(INSTALLED)
+	$(VENV)/bin/rosetta-serve --repository models
 
 data: $(INSTALLED)
 	$(VENV)/bin/rosetta-prepare-data --corpus data/corpus --out data/en-es

@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -357,3 +359,42 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
     assert states(s)[2] == "SERVING"
     assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).version == 2
     assert s.stop() == 0
+
+
+def test_a_full_queue_answers_resource_exhausted(service_repository):
+    s = Server(service_repository, "--max-queue-sentences", "2")
+    try:
+        error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=["The cat.", "The dog.", "The tree."]),
+                         timeout=10)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later" in error.details()
+        assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
+    finally:
+        assert s.stop() == 0
+
+
+def test_expired_requests_get_deadline_exceeded_and_cost_nothing_after(server):
+    texts = [source for source, _ in PAIRS] * 8
+    long_work = pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=8, min_length=50))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(server.stub.TranslateBatch, long_work, timeout=120)
+        time.sleep(0.2)
+        error = error_of(server.stub.Translate, pb.TranslateRequest(text=PAIRS[0][0]), timeout=0.3)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(busy.result().translations) == len(texts)
+    assert server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300), beam=st.integers(-1, 40), n_best=st.integers(0, 40),
+       min_length=st.integers(0, 300), max_length=st.integers(0, 300),
+       penalty=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)))
+def test_arbitrary_input_gets_an_answer_or_a_clear_refusal(server, text, beam, n_best, min_length, max_length, penalty):
+    options = pb.DecodingOptions(beam_size=max(beam, 0), n_best=n_best, min_length=min_length, max_length=max_length)
+    if penalty is not None:
+        options.length_penalty = penalty
+    try:
+        response = server.stub.Translate(pb.TranslateRequest(text=text, options=options), timeout=60)
+        assert response.hypotheses and response.model == "tiny"
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+        assert e.details()

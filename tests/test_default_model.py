@@ -1,0 +1,42 @@
+"""The committed default model: its checkpoint and its served version are intact and agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.checkpoint import load_checkpoint
+from server.registry import ModelRegistry
+from server.reloader import gate
+from server.repository import load_manifest
+from server.sessions import SessionConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "checkpoints" / "en-es"
+REPOSITORY = ROOT / "models"
+
+
+def test_the_served_version_verifies_and_passed_its_gate():
+    manifest = load_manifest(REPOSITORY / "en-es" / "1")  # every checksum
+    assert (manifest.source_lang, manifest.target_lang) == ("en", "es")
+    assert manifest.parity["passed"]
+    beam = next(run for run in manifest.parity["translations"] if run["beam_size"] == 4)
+    assert beam["sentences"] == 1897 and beam["onnxruntime"]["bleu"] >= 20.0
+
+
+def test_the_committed_checkpoint_is_the_exported_model():
+    checkpoint = load_checkpoint(CHECKPOINT)
+    manifest = load_manifest(REPOSITORY / "en-es" / "1")
+    assert checkpoint.config == manifest.config
+    assert checkpoint.tokenizer.to_bytes() == (REPOSITORY / "en-es" / "1" / "tokenizer.model").read_bytes()
+    assert checkpoint.info["step"] == manifest.source_checkpoint["step"]
+
+
+def test_the_server_would_accept_it_and_it_translates():
+    """What `make serve` loads: the registry's default, through the reload gate's probes."""
+    registry = ModelRegistry(REPOSITORY, SessionConfig(device="cpu"))
+    registry.load()
+    version = registry.get()
+    assert (version.name, version.version) == ("en-es", 1)
+    assert gate(version, None, max_chrf_drop=1.0).startswith("probes identical")
+    (translation,) = version.translator.translate(["Open the file."], beam_size=4)
+    assert translation.strip() and translation != "Open the file."

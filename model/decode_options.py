@@ -145,6 +145,14 @@ class BeamStep:
     tokens: list[int]  # the token each new beam row appends
     scores: list[float]  # each new beam row's score
 
+    def without(self, positions: list[int], k: int) -> BeamStep:
+        """This step with the kept sentences at batch `positions` dropped (their K rows too)."""
+        dropped = set(positions)
+        stay = [j for j, i in enumerate(self.kept) if i not in dropped]
+        rows = [j * k + b for j in stay for b in range(k)]
+        return BeamStep([self.kept[j] for j in stay], [self.origins[r] for r in rows],
+                        [self.tokens[r] for r in rows], [self.scores[r] for r in rows])
+
     def kept_rows(self, k: int) -> list[int]:
         """The rows (K per sentence) of the kept sentences in the step's batch."""
         return [i * k + b for i in self.kept for b in range(k)]

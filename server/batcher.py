@@ -9,13 +9,15 @@ in length-sorted chunks; a sentence's translation never depends on its batch (th
 give every sentence its own budget and drop finished rows).
 
 Before a batch starts, requests that were cancelled or whose deadline passed are dropped
-from it: they cost no compute.
+from it: they cost no compute. Once it runs, the decode loop asks at every step whether each
+sentence's request is still wanted, and drops the rows of those that are not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,10 +46,19 @@ class _Request:
     future: asyncio.Future
     deadline: float | None  # time.monotonic() seconds
     queued_at: float = field(default_factory=time.monotonic)
+    # Set on the event loop when the caller cancels; read by the decoding thread.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.future.add_done_callback(lambda f: self.cancelled.set() if f.cancelled() else None)
 
     @property
     def key(self) -> tuple:
         return id(self.version), self.options
+
+    def abandoned(self) -> bool:
+        """Nobody will read this request's answer: its caller cancelled or its deadline passed."""
+        return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
 
 
 @dataclass
@@ -58,6 +69,7 @@ class BatchStats:
     requests: int
     seconds: float
     generated_tokens: int
+    abandoned_sentences: int  # dropped mid-decode because their request was cancelled or expired
 
 
 class Batcher:
@@ -156,12 +168,17 @@ class Batcher:
             return
         finally:
             self._slots.release()
-        tokens = 0
+        tokens = abandoned = 0
         for request, hypotheses in zip(batch, results):
-            tokens += sum(len(h[0].tokens) for h in hypotheses)
-            if not request.future.done():
+            tokens += sum(len(h[0].tokens) for h in hypotheses if h)
+            abandoned += sum(not h for h in hypotheses)
+            if request.future.done():
+                continue
+            if any(not h for h in hypotheses):
+                request.future.set_exception(DeadlineExpiredError("the deadline passed while the request was decoded"))
+            else:
                 request.future.set_result(hypotheses)
-        stats = BatchStats(sum(len(r.ids) for r in batch), len(batch), time.monotonic() - started, tokens)
+        stats = BatchStats(sum(len(r.ids) for r in batch), len(batch), time.monotonic() - started, tokens, abandoned)
         for callback in self.on_batch:
             callback(stats)
 
@@ -170,9 +187,11 @@ class Batcher:
         first = batch[0]
         graphs = first.version.translator.graphs
         ids = [sentence for request in batch for sentence in request.ids]
+        owner = [request for request in batch for _ in request.ids]
         out: list[list[Hypothesis]] = [[] for _ in ids]
         for chunk in length_sorted_batches([len(s) for s in ids], self.max_batch_sentences):
-            hypotheses = translate_ids(graphs, pad_ids([ids[i] for i in chunk], graphs.config.pad_id), first.options)
+            hypotheses = translate_ids(graphs, pad_ids([ids[i] for i in chunk], graphs.config.pad_id), first.options,
+                                       abandoned=lambda row, chunk=chunk: owner[chunk[row]].abandoned())
             for i, h in zip(chunk, hypotheses):
                 out[i] = h
         results, start = [], 0

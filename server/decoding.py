@@ -11,27 +11,39 @@ so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary
 - Finished sentences leave the batch: their rows stop costing compute.
 - The key/value cache is one (B, H, P, Dh) array per layer; beams reorder its rows once per
   step, finished sentences' rows are dropped.
+- A sentence whose caller has gone (`abandoned`, asked once per step) leaves the batch the same
+  way, so a cancelled or expired request stops costing compute mid-batch.
 No torch here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
 from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
 from server.graphs import Cache, OnnxGraphs
 
+Abandoned = Callable[[int], bool]  # sentence index in the batch -> nobody waits for it any more
 
-def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+
+def _never(sentence: int) -> bool:
+    return False
+
+
+def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions, *,
+                  abandoned: Abandoned = _never) -> list[list[Hypothesis]]:
     """Decode a batch of source ids (B, S) int64, EOS-terminated and right-padded.
 
-    Returns, for each sentence, `options.n_best` hypotheses, best first.
+    Returns, for each sentence, `options.n_best` hypotheses, best first; an empty list for a
+    sentence that `abandoned` gave up on (it is asked about every live sentence at every step).
     """
     if source_ids.shape[0] == 0:
         return []
     if options.beam_size == 1:
-        return _greedy(graphs, source_ids, options)
-    return _beam(graphs, source_ids, options)
+        return _greedy(graphs, source_ids, options, abandoned)
+    return _beam(graphs, source_ids, options, abandoned)
 
 
 def _rows(index, cache: Cache) -> Cache:
@@ -43,7 +55,8 @@ def _limits(graphs: OnnxGraphs, source_mask: np.ndarray, options: DecodeOptions)
     return [options.target_limit(int(n), graphs.config.max_positions) for n in source_mask.sum(axis=1)]
 
 
-def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
+            abandoned: Abandoned) -> list[list[Hypothesis]]:
     c = graphs.config
     batch = source_ids.shape[0]
     source_mask = source_ids != c.pad_id
@@ -54,6 +67,7 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
     active = list(range(batch))  # original index of each live row
     outputs: list[list[int]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
+    gone: set[int] = set()
     step = 0
     while active:
         out = graphs.step(tokens, cross_k, cross_v, source_mask, past_k, past_v, step >= options.min_length)
@@ -62,6 +76,9 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
         step += 1
         keep = []
         for row, sentence in enumerate(active):
+            if abandoned(sentence):
+                gone.add(sentence)
+                continue
             token = int(best[row])
             scores[sentence] += float(best_scores[row])
             if token == c.eos_id:
@@ -75,8 +92,9 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) 
             active = [active[r] for r in keep]
         tokens = best[:, None].astype(np.int64)
     return [
+        [] if sentence in gone else
         [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
-        for out, score, limit in zip(outputs, scores, limits)
+        for sentence, (out, score, limit) in enumerate(zip(outputs, scores, limits))
     ]
 
 
@@ -95,7 +113,8 @@ def best_continuations(beam_scores: np.ndarray, top_log_probs: np.ndarray, top_i
     return np.take_along_axis(scores, order, axis=-1), np.take_along_axis(flat, order, axis=-1)
 
 
-def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) -> list[list[Hypothesis]]:
+def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
+          abandoned: Abandoned) -> list[list[Hypothesis]]:
     c = graphs.config
     k = options.beam_size
     vocab = c.vocab_size
@@ -113,6 +132,7 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
     beam_scores[:, 0] = 0.0
     sentences = [SentenceBeams(k) for _ in range(batch)]
     active = list(range(batch))
+    gone: set[int] = set()
     step = 0
     while active:
         n = len(active)
@@ -121,6 +141,10 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
         step += 1
         decision = advance_beams(sentences, active, top_scores.tolist(), top_index.tolist(), vocab, step, limits,
                                  options, c.eos_id)
+        leaving = [i for i in decision.kept if abandoned(active[i])]
+        if leaving:
+            gone.update(active[i] for i in leaving)
+            decision = decision.without(leaving, k)
         if not decision.kept:
             break
         past_k, past_v = _rows(decision.origins, out.keys), _rows(decision.origins, out.values)
@@ -130,4 +154,4 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions) ->
             active = [active[i] for i in decision.kept]
         tokens = np.array(decision.tokens, dtype=np.int64)[:, None]
         beam_scores = np.array(decision.scores, dtype=np.float32).reshape(len(active), k)
-    return [s.n_best(options.n_best) for s in sentences]
+    return [[] if i in gone else s.n_best(options.n_best) for i, s in enumerate(sentences)]

@@ -6,6 +6,7 @@ rosetta_batch_sentences                      sentences per decoded batch
 rosetta_batch_seconds                        decoding time per batch
 rosetta_queue_sentences                      sentences waiting for a batch
 rosetta_generated_tokens_total               tokens generated (best hypotheses)
+rosetta_abandoned_sentences_total            sentences dropped mid-decode: their call was cancelled or expired
 rosetta_model_loaded{model, version, precision, provider}   1 for every version being served
 """
 
@@ -37,6 +38,9 @@ class Metrics:
         self.queue = Gauge("rosetta_queue_sentences", "Sentences waiting for a batch", registry=self.registry)
         self.generated_tokens = Counter("rosetta_generated_tokens", "Tokens generated (best hypotheses)",
                                         registry=self.registry)
+        self.abandoned_sentences = Counter("rosetta_abandoned_sentences",
+                                           "Sentences dropped mid-decode because their call was cancelled or expired",
+                                           registry=self.registry)
         self.model_loaded = Gauge("rosetta_model_loaded", "1 for every model version being served",
                                   ["model", "version", "precision", "provider"], registry=self.registry)
 
@@ -48,6 +52,7 @@ class Metrics:
         self.batch_sentences.observe(stats.sentences)
         self.batch_seconds.observe(stats.seconds)
         self.generated_tokens.inc(stats.generated_tokens)
+        self.abandoned_sentences.inc(stats.abandoned_sentences)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         self.queue.set_function(depth)

@@ -10,7 +10,7 @@ import torch
 from model.attention import SelfAttention, attend, merge_heads, split_heads
 from model.config import ModelConfig
 
-from tests.builders import EOS, PAD, make_model, random_batch
+from tests.builders import PAD, make_model, random_batch
 
 
 def test_config_round_trips_and_rejects_bad_sizes():

@@ -77,6 +77,37 @@ def test_batch_composition_never_changes_a_translation(translator):
             assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
 
 
+class StepCounter:
+    """The graphs, recording how many rows each decoder step computed."""
+
+    def __init__(self, graphs) -> None:
+        self.graphs, self.rows = graphs, []
+
+    def __getattr__(self, name):
+        return getattr(self.graphs, name)
+
+    def step(self, tokens, *args):
+        self.rows.append(tokens.shape[0])
+        return self.graphs.step(tokens, *args)
+
+
+def test_abandoned_sentences_leave_the_batch_and_the_others_are_unchanged(translator):
+    """A sentence nobody waits for stops costing compute at the next step; its batch mates decode as before."""
+    ids = pad_ids(translator.encode(["The cat.", "The old red house.", "The dog."]), 0)
+    for beam in (1, 3):
+        options = DecodeOptions(beam_size=beam, min_length=8, max_length=8)
+        expected = translate_ids(translator.graphs, ids, options)
+        counter = StepCounter(translator.graphs)
+
+        def abandoned(sentence: int) -> bool:
+            return sentence == 1 and len(counter.rows) > 2
+
+        out = translate_ids(counter, ids, options, abandoned=abandoned)
+        assert out[1] == [] and [out[0], out[2]] == [expected[0], expected[2]]
+        # Three sentences for three steps, then two: nothing was computed for sentence 1 after it went.
+        assert counter.rows == [3 * beam] * 3 + [2 * beam] * 5
+
+
 def test_n_best_is_ordered_and_lengths_are_respected(translator):
     hyps = translator.translate_hypotheses(["The old cat."], beam_size=4, n_best=4, max_length=5)[0]
     assert len(hyps) == 4

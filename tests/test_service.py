@@ -384,6 +384,30 @@ def test_expired_requests_get_deadline_exceeded_and_cost_nothing_after(server):
     assert server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
 
 
+def metric(server: Server, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.started['metrics_port']}/metrics", timeout=10) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not among the metrics")
+
+
+def test_a_call_cancelled_mid_batch_stops_costing_compute(server):
+    """Cancel a long batch while it decodes: its sentences leave the running batch, the server moves on."""
+    texts = [source for source, _ in PAIRS] * 8
+    long_work = pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=16, min_length=60))
+    before = metric(server, "rosetta_abandoned_sentences_total")
+    call = server.stub.TranslateBatch.future(long_work, timeout=300)
+    time.sleep(1.0)
+    assert call.cancel()
+    waited = 0.0
+    while metric(server, "rosetta_abandoned_sentences_total") == before and waited < 60:
+        time.sleep(0.1)
+        waited += 0.1
+    assert metric(server, "rosetta_abandoned_sentences_total") > before
+    assert server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=300), beam=st.integers(-1, 40), n_best=st.integers(0, 40),
        min_length=st.integers(0, 300), max_length=st.integers(0, 300),

@@ -21,14 +21,13 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from tqdm import tqdm
-
 from export.onnx_export import GRAPH_OPTIMIZATIONS, OPSET, export_graphs
 from export.parity import verify
 from export.probes import write_probes
 from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
+from model.progress import progress_bar
 from model.tsv import TsvError, read_tsv
 from server.graphs import OnnxGraphs
 from server.repository import Manifest, file_record, sha256_file
@@ -82,7 +81,7 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
         export_seconds = time.perf_counter() - started
         onnx_graphs = OnnxGraphs(staging, SessionConfig(device="cpu"))
         total = len(test_pairs) * len(beam_sizes) * 2
-        with tqdm(total=total, desc="parity", unit="sent", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=total, desc="parity", unit="sent", disable=not progress) as bar:
             report = verify(checkpoint.model, onnx_graphs, checkpoint.tokenizer, test_pairs, precision,
                             beam_sizes=beam_sizes, batch_size=batch_size, progress=bar.update)
         report["export_seconds"] = round(export_seconds, 1)

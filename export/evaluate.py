@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
+from model.progress import progress_bar
 from model.scoring import score_translations
 from model.tsv import TsvError, read_tsv
 from server.repository import MANIFEST
@@ -33,7 +32,7 @@ def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_s
     from server.translator import Translator
 
     translator = Translator(path, SessionConfig.from_env(device=device))
-    with tqdm(total=len(sources), desc="translate", unit="sent", file=sys.stderr) as bar:
+    with progress_bar(total=len(sources), desc="translate", unit="sent") as bar:
         hypotheses = translator.translate(sources, beam_size=beam, batch_size=batch_size,
                                           length_penalty=length_penalty, on_batch=bar.update)
     return hypotheses, f"onnxruntime ({translator.provider}, {translator.manifest.precision})"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import torch
-from tqdm import tqdm
 
 from model.batching import pad
 from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
 from model.decoding import translate_ids
+from model.progress import progress_bar
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
@@ -28,7 +27,7 @@ def translate_hypotheses(
     """n-best hypotheses for each text, decoded in length-sorted batches (results in input order)."""
     encoded = tokenizer.encode_sources(list(texts), model.config.max_positions)
     results: list[list[Hypothesis]] = [[] for _ in encoded]
-    bar = tqdm(total=len(encoded), desc="translate", unit="sent", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(encoded), desc="translate", unit="sent", disable=not progress)
     for chunk in length_sorted_batches([len(e) for e in encoded], batch_size):
         src = pad([encoded[i] for i in chunk]).to(device)
         for i, hyps in zip(chunk, translate_ids(model, src, options)):

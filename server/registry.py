@@ -7,6 +7,7 @@ the newest valid one serves instead. No torch here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,14 @@ log = logging.getLogger("rosetta.registry")
 
 class ModelNotFoundError(LookupError):
     """No such model, or no such version of it."""
+
+
+class VersionNotLoadedError(LookupError):
+    """The version is in the repository but not loaded: `ModelRegistry.resolve` loads it."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"{name} version {version} is not loaded")
+        self.name, self.version = name, version
 
 
 class NoModelError(RuntimeError):
@@ -62,6 +71,7 @@ class ModelRegistry:
         self.requested_default = default_model
         self.loaded: dict[str, dict[int, LoadedVersion]] = {}
         self.rejected: list[RejectedVersion] = []
+        self._loading: dict[tuple[str, int], asyncio.Task] = {}
 
     def load(self) -> None:
         """Load the newest valid version of every model in the repository."""
@@ -98,9 +108,10 @@ class ModelRegistry:
         return "en-es" if "en-es" in self.loaded else sorted(self.loaded)[0]
 
     def get(self, name: str = "", version: int = 0) -> LoadedVersion:
-        """The version serving `name` (the default model if empty); `version` 0 is the newest loaded.
+        """The loaded version serving `name` (the default model if empty); `version` 0 is the newest.
 
-        A pinned version that exists in the repository but is not loaded yet is loaded now.
+        Raises ModelNotFoundError, or VersionNotLoadedError for a pinned version that exists in
+        the repository but is not loaded yet.
         """
         name = name or self.default_model
         if name not in self.loaded:
@@ -111,13 +122,33 @@ class ModelRegistry:
         if version in by_version:
             return by_version[version]
         if version in versions(self.repository / name):
-            try:
-                by_version[version] = self.open(name, version)
-                return by_version[version]
-            except ModelVersionError as e:
-                raise ModelNotFoundError(f"{name} version {version} cannot be served: {e}") from None
+            raise VersionNotLoadedError(name, version)
         raise ModelNotFoundError(f"{name} has no version {version}; available: "
                                  f"{', '.join(map(str, versions(self.repository / name)))}")
+
+    async def resolve(self, name: str = "", version: int = 0) -> LoadedVersion:
+        """As `get`, loading a pinned version on first use.
+
+        The load (checksums, sessions: a second or more) runs in a worker thread so the event
+        loop keeps answering; concurrent requests for the same version share one load.
+        """
+        try:
+            return self.get(name, version)
+        except VersionNotLoadedError as missing:
+            key = (missing.name, missing.version)
+        if key not in self._loading:
+            task = asyncio.get_running_loop().create_task(self._load_pinned(*key))
+            self._loading[key] = task
+            task.add_done_callback(lambda _: self._loading.pop(key, None))
+        try:
+            return await asyncio.shield(self._loading[key])
+        except ModelVersionError as e:
+            raise ModelNotFoundError(f"{key[0]} version {key[1]} cannot be served: {e}") from None
+
+    async def _load_pinned(self, name: str, number: int) -> LoadedVersion:
+        loaded = await asyncio.to_thread(self.open, name, number)
+        # Into the model's current map (a swap meanwhile replaced it: the pin joins the new one).
+        return self.loaded.setdefault(name, {}).setdefault(number, loaded)
 
     def swap(self, version: LoadedVersion) -> LoadedVersion | None:
         """Serve `version` as its model's newest version from now on; returns the one it replaces.

@@ -67,11 +67,11 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         self.metrics = metrics
 
     # -- shared steps ----------------------------------------------------------------------
-    def _version(self, model: str, version: int) -> LoadedVersion:
+    async def _version(self, model: str, version: int) -> LoadedVersion:
         if not self.registry.loaded:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "no model is ready yet: the server is loading; retry shortly")
         try:
-            return self.registry.get(model, version)
+            return await self.registry.resolve(model, version)
         except ModelNotFoundError as e:
             raise RequestError(grpc.StatusCode.NOT_FOUND, str(e)) from None
 
@@ -126,7 +126,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
 
     async def _translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
         options = decode_options(request.options)
-        version = self._version(request.model, request.version)
+        version = await self._version(request.model, request.version)
         text = self._prepare(version, request.text)
         (per_sentence,) = await self._decode(version, [text], options, context)
         return self._response(version, text, per_sentence, options.n_best)
@@ -162,7 +162,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"{len(request.texts)} texts; the limit per call is {self.config.max_batch_texts}")
             options = decode_options(request.options)
-            version = self._version(request.model, request.version)
+            version = await self._version(request.model, request.version)
             texts = [self._prepare(version, t, i) for i, t in enumerate(request.texts)]
             decoded = await self._decode(version, texts, options, context)
             return pb.TranslateBatchResponse(translations=[

@@ -358,6 +358,10 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
     assert "chrF" in states(s)[4]
     assert states(s)[2] == "SERVING"
     assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).version == 2
+
+    # The swapped-out version 1 can still be pinned: it is loaded again on demand, off the event loop.
+    pinned = [s.stub.Translate.future(pb.TranslateRequest(text=PAIRS[1][0], version=1), timeout=30) for _ in range(3)]
+    assert [(p.result().version, p.result().translation) for p in pinned] == [(1, PAIRS[1][1])] * 3
     assert s.stop() == 0
 
 

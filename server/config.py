@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from server.logs import FORMATS, LEVELS
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -36,6 +38,8 @@ class ServerConfig:
     auth_token_file: str = ""  # read the token from this file instead (keeps it out of the process list)
     tls_cert: str = ""  # PEM certificate chain: with tls_key, serve TLS instead of plain text
     tls_key: str = ""  # PEM private key of tls_cert
+    log_level: str = "info"  # debug (adds a line per call), info (life-cycle events), warning or error
+    log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON elsewhere
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -54,6 +58,10 @@ class ServerConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.auth_token and self.auth_token_file:
             raise ValueError("give auth_token or auth_token_file, not both")
+        if self.log_level not in LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(FORMATS)}, got {self.log_format!r}")
 
     def token(self) -> str:
         """The bearer token required of callers; empty when authentication is off."""
@@ -61,10 +69,13 @@ class ServerConfig:
             return Path(self.auth_token_file).read_text().strip()
         return self.auth_token
 
-    def describe(self) -> str:
+    def public(self) -> dict[str, str | int | float]:
         """Every setting, for the start-up log; the token itself is never shown."""
-        return " ".join(f"{f.name}={'<set>' if f.name == 'auth_token' and self.auth_token else getattr(self, f.name)}"
-                        for f in fields(self))
+        return {f.name: "<set>" if f.name == "auth_token" and self.auth_token else
+                str(v) if isinstance(v := getattr(self, f.name), Path) else v for f in fields(self)}
+
+    def describe(self) -> str:
+        return " ".join(f"{name}={value}" for name, value in self.public().items())
 
 
 HELP = {
@@ -88,6 +99,8 @@ HELP = {
     "auth_token_file": "read the bearer token from this file",
     "tls_cert": "PEM certificate chain; with --tls-key, serve TLS",
     "tls_key": "PEM private key for --tls-cert",
+    "log_level": "debug (a line per call), info (life-cycle events), warning or error",
+    "log_format": "json, text, or auto (text on a terminal, JSON elsewhere)",
 }
 
 

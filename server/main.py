@@ -19,13 +19,15 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.api import translator_pb2, translator_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, parse_config
+from server.health import NOT_SERVING, SERVING, HealthServicer
+from server.logs import configure
 from server.metrics import Metrics
 from server.registry import ModelRegistry, NoModelError
 from server.reloader import Reloader
@@ -49,10 +51,10 @@ async def serve(config: ServerConfig) -> int:
         interceptors=[BearerTokenInterceptor(token)] if token else [],
         options=[("grpc.max_receive_message_length", config.max_message_bytes),
                  ("grpc.max_send_message_length", config.max_message_bytes)])
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(name, NOT_SERVING)
     reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     registry = ModelRegistry(config.repository, SessionConfig(device=config.device, intra_op_threads=config.threads),
                              config.default_model)
@@ -79,6 +81,8 @@ async def serve(config: ServerConfig) -> int:
         await batcher.close()
         return 1
     await server.start()
+    log.info("listening on %s:%d; loading models from %s", config.host, port, config.repository,
+             extra={"event": "listening", "port": port, "metrics_port": metrics_port})
     try:
         await asyncio.get_running_loop().run_in_executor(None, registry.load)
     except (NoModelError, DeviceUnavailableError) as e:
@@ -100,29 +104,31 @@ async def serve(config: ServerConfig) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
     reload_task = asyncio.create_task(reloader.run(config.reload_interval or None, wake))
     for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    # One machine-readable line: tests and scripts read the port from it (useful with --port 0).
-    print(json.dumps({"event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
-                      "tls": tls is not None, "auth": bool(token),
-                      "models": [f"{v.name}/{v.version}" for v in registry.all()]}), flush=True)
+        await health_servicer.set(name, SERVING)
+    serving = {"event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
+               "tls": tls is not None, "auth": bool(token), "models": [f"{v.name}/{v.version}" for v in registry.all()]}
+    log.info("serving %s on %s:%d", ", ".join(serving["models"]), config.host, port, extra=serving)
+    # And one machine-readable line on stdout: scripts and tests read the port from it (useful with --port 0).
+    print(json.dumps(serving), flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.warning("shutting down: in-flight calls have %.1f s", config.grace_seconds)
+    log.info("shutting down: in-flight calls have %.1f s", config.grace_seconds, extra={"event": "shutting_down"})
     reload_task.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_seconds)
     await batcher.close()
+    log.info("stopped", extra={"event": "stopped"})
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"rosetta-serve: {config.describe()}", file=sys.stderr, flush=True)
+    configure(config.log_level, config.log_format)
+    log.info("starting rosetta-serve: %s", config.describe(), extra={"event": "starting", "config": config.public()})
     return asyncio.run(serve(config))
 
 

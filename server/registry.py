@@ -84,7 +84,8 @@ class ModelRegistry:
                     loaded[model_dir.name] = {number: self.open(model_dir.name, number)}
                     break
                 except ModelVersionError as e:
-                    log.error("rejected %s version %d: %s", model_dir.name, number, e)
+                    log.error("rejected %s version %d: %s", model_dir.name, number, e,
+                              extra={"event": "rejected", "model": model_dir.name, "version": number, "reason": str(e)})
                     self.rejected.append(RejectedVersion(model_dir.name, number, str(e)))
         if not loaded:
             raise NoModelError(f"no servable model version in {self.repository}")
@@ -97,7 +98,9 @@ class ModelRegistry:
         directory = self.repository / name / str(number)
         manifest = load_manifest(directory)
         translator = Translator(directory, self.session_config)
-        log.info("loaded %s version %d (%s) on %s", name, number, manifest.precision, translator.provider)
+        log.info("loaded %s version %d (%s) on %s", name, number, manifest.precision, translator.provider,
+                 extra={"event": "loaded", "model": name, "version": number, "precision": manifest.precision,
+                        "provider": translator.provider})
         return LoadedVersion(name, number, manifest, translator,
                              datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

@@ -98,10 +98,12 @@ class Reloader:
             candidate = self.registry.open(name, number)
             summary = gate(candidate, current, self.max_chrf_drop)
         except (ModelVersionError, GateFailure) as e:
-            log.error("rejected %s version %d: %s", name, number, e)
+            log.error("rejected %s version %d: %s", name, number, e,
+                      extra={"event": "rejected", "model": name, "version": number, "reason": str(e)})
             self.registry.rejected.append(RejectedVersion(name, number, str(e)))
             return None
-        log.warning("accepted %s version %d: %s", name, number, summary)
+        log.info("accepted %s version %d: %s", name, number, summary,
+                 extra={"event": "accepted", "model": name, "version": number})
         return candidate
 
     async def check(self) -> list[LoadedVersion]:

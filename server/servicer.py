@@ -148,8 +148,12 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             log.exception("%s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         finally:
+            seconds = time.perf_counter() - started
             if self.metrics is not None:
-                self.metrics.observe_call(method, code, time.perf_counter() - started)
+                self.metrics.observe_call(method, code, seconds)
+            log.debug("%s %s %.1f ms", method, code, seconds * 1000,
+                      extra={"event": "call", "method": method, "code": code, "ms": round(seconds * 1000, 1),
+                             "peer": context.peer()})
 
     async def Translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
         return await self._observed("Translate", context, lambda: self._translate(request, context))

@@ -23,6 +23,8 @@ def test_flags_override_environment_which_overrides_defaults():
     (["--tls-cert", "cert.pem"], {}),
     (["--metrics-port", "-2"], {}),
     (["--auth-token", "a", "--auth-token-file", "b"], {}),
+    (["--log-level", "verbose"], {}),
+    ([], {"ROSETTA_LOG_FORMAT": "xml"}),
 ])
 def test_bad_settings_stop_start_up_with_a_message(argv, env, capsys):
     with pytest.raises(SystemExit):

@@ -27,6 +27,7 @@ from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = tiny_pairs()
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Server:
@@ -187,6 +188,53 @@ def test_sigterm_finishes_in_flight_calls_then_exits_zero(service_repository):
         assert len(call.result().translations) == len(texts)
     assert s.process.wait(timeout=30) == 0
     s.channel.close()
+
+
+def test_health_watch_follows_loading_serving_and_shutdown_and_logs_are_json(service_repository, tmp_path):
+    """Health says NOT_SERVING while the models load (calls get UNAVAILABLE), SERVING once they are
+    ready, NOT_SERVING again on SIGTERM; a Watch stream sees each change. Every log line is JSON."""
+    repository = tmp_path / "models"
+    for n in range(6):  # several models, so loading takes long enough to be observed
+        shutil.copytree(service_repository / "tiny", repository / f"tiny-{n}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0", "--device", "cpu",
+         "--threads", "1", "--metrics-port", "-1", "--log-format", "json", "--grace-seconds", "60"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = []
+    while not records or records[-1].get("event") != "listening":
+        line = process.stderr.readline()
+        assert line, f"the server exited before listening: {records}"
+        records.append(json.loads(line))
+    channel = grpc.insecure_channel(f"localhost:{records[-1]['port']}")
+    health = health_pb2_grpc.HealthStub(channel)
+    seen: list[int] = []
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="rosetta.v1.Translator"), timeout=120)
+    watcher = threading.Thread(target=lambda: seen.extend(r.status for r in watch), daemon=True)
+    watcher.start()
+    try:
+        loading = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        early = error_of(translator_pb2_grpc.TranslatorStub(channel).Translate, pb.TranslateRequest(text="The cat."),
+                         timeout=5)
+        assert json.loads(process.stdout.readline())["event"] == "serving"
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == SERVING
+        wait_for(lambda: SERVING in seen)
+        process.send_signal(signal.SIGTERM)
+        # Well inside the 60 s grace: the open Watch stream ends at shutdown instead of holding it open.
+        assert process.wait(timeout=20) == 0
+        watcher.join(timeout=10)
+        assert not watcher.is_alive()
+    finally:
+        channel.close()
+        process.kill()
+    assert loading == NOT_SERVING
+    assert early.code() == grpc.StatusCode.UNAVAILABLE and "loading" in early.details()
+    assert [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s] == [NOT_SERVING, SERVING, NOT_SERVING]
+    records += [json.loads(line) for line in process.stderr.read().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    events = [r.get("event") for r in records]
+    for event in ("starting", "listening", "loaded", "serving", "shutting_down", "stopped"):
+        assert event in events, (event, events)
+    assert records[0]["config"]["repository"] == str(repository)
 
 
 def test_an_empty_repository_fails_start_up_with_a_clear_message(tmp_path):

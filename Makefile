@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # (glibc does, then pays page faults again): about 1.5x faster CPU training. Used where installed.
 TCMALLOC := $(wildcard /lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: install test serve data train-default bench protos clean
+.PHONY: install test serve data train-default bench bench-grpc protos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ train-default: data
 bench: data
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/decode_speed.py
+
+# The gRPC service end to end (1/8/32/64 clients) against the runtime in-process (docs/benchmarks.md).
+bench-grpc: data
+	$(PY) bench/grpc_speed.py
 
 # Regenerate the committed gRPC stubs after editing protos/rosetta/v1/translator.proto.
 protos: $(INSTALLED)

@@ -1,0 +1,186 @@
+"""End-to-end speed of the gRPC service against the runtime in-process, on the same texts.
+
+    .venv/bin/python bench/grpc_speed.py                    # default model, 1/8/32/64 clients
+    .venv/bin/python bench/grpc_speed.py --clients 1 32 --texts 128
+
+The texts are the first `--texts` sources of the test split (`make data` writes it). First the
+runtime translates them in-process in batches of `--batch` (the ceiling: no network, no
+protobuf, perfect length grouping). Then a real `rosetta-serve` process serves the same
+model version with the same threads, and for each client count that many concurrent clients
+(coroutines on one grpc.aio channel each) send one `Translate` call per text until all are
+done; the server's dynamic batching gathers them. Reported per client count: texts/s, its
+ratio to in-process, latency p50/p95/p99, errors. Also the server's time from start to the
+"serving" line (health SERVING) and its resident memory (current and peak).
+
+Both sides decode with the service's default options (beam 4). The client runs in this
+process on the same machine, so it takes CPU from the server: the ratios include that cost.
+Each measurement is the median of `--repeats` passes after one warm-up pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from model.tsv import read_tsv
+from server.api import translator_pb2 as pb
+from server.api import translator_pb2_grpc
+from server.servicer import DEFAULT_BEAM_SIZE
+from server.sessions import SessionConfig
+from server.translator import Translator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def in_process(version_dir: Path, texts: list[str], *, threads: int, batch: int, repeats: int) -> float:
+    """Texts per second of the runtime called directly (median of `repeats` passes)."""
+    translator = Translator(version_dir, SessionConfig(device="cpu", intra_op_threads=threads))
+    translator.translate(texts[:batch], beam_size=DEFAULT_BEAM_SIZE, batch_size=batch)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        translator.translate(texts, beam_size=DEFAULT_BEAM_SIZE, batch_size=batch)
+        seconds.append(time.perf_counter() - started)
+    return len(texts) / statistics.median(seconds)
+
+
+class ServerProcess:
+    """`rosetta-serve` on a free port; how long it took to serve, and its memory."""
+
+    def __init__(self, repository: Path, threads: int) -> None:
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0",
+             "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads), "--log-level", "warning"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("rosetta-serve did not start (its log is above)")
+        self.seconds_to_serving = time.perf_counter() - started
+        self.address = f"127.0.0.1:{json.loads(line)['port']}"
+
+    def memory_mb(self) -> dict[str, float]:
+        status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in status)
+        return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[float, list[float], int]:
+    """`clients` concurrent callers share the texts; returns seconds, latencies, errors."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for text in texts:
+        queue.put_nowait(text)
+    latencies: list[float] = []
+    errors = 0
+
+    async def client() -> None:
+        nonlocal errors
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = translator_pb2_grpc.TranslatorStub(channel)
+            while not queue.empty():
+                text = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    await stub.Translate(pb.TranslateRequest(text=text), timeout=120)
+                    latencies.append(time.perf_counter() - started)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started, latencies, errors
+
+
+def service(server: ServerProcess, texts: list[str], clients: int, repeats: int) -> dict:
+    asyncio.run(clients_pass(server.address, texts[: max(clients, 16)], clients))  # warm-up
+    seconds, latencies, errors = [], [], 0
+    for _ in range(repeats):
+        s, lat, err = asyncio.run(clients_pass(server.address, texts, clients))
+        seconds.append(s)
+        latencies += lat
+        errors += err
+    return {"clients": clients, "texts_per_s": len(texts) / statistics.median(seconds),
+            "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
+            "p99_ms": 1000 * percentile(latencies, 99), "errors": errors, "calls": len(latencies) + errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--model", default="en-es")
+    parser.add_argument("--test", type=Path, default=ROOT / "data" / "en-es" / "test.tsv")
+    parser.add_argument("--texts", type=int, default=256, help="texts per pass")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--batch", type=int, default=32, help="in-process batch size")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads, both sides")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "grpc-latest.json")
+    args = parser.parse_args(argv)
+
+    if not args.test.exists():
+        parser.error(f"{args.test} is missing: run `make data` first")
+    pairs, _ = read_tsv(args.test, strict=True)
+    texts = [source for source, _ in pairs][: args.texts]
+    model_dir = args.repository / args.model
+    version_dir = model_dir / str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()))
+
+    print(f"in-process: {len(texts)} texts, batch {args.batch}, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads",
+          file=sys.stderr)
+    baseline = in_process(version_dir, texts, threads=args.threads, batch=args.batch, repeats=args.repeats)
+    server = ServerProcess(args.repository, args.threads)
+    rows = []
+    try:
+        for clients in args.clients:
+            print(f"service: {clients} clients", file=sys.stderr)
+            row = service(server, texts, clients, args.repeats)
+            row["ratio_to_in_process"] = row["texts_per_s"] / baseline
+            rows.append(row)
+        memory = server.memory_mb()
+    finally:
+        server.stop()
+
+    result = {
+        "model": str(version_dir.relative_to(args.repository)), "texts": len(texts), "beam_size": DEFAULT_BEAM_SIZE,
+        "threads": args.threads, "in_process_batch": args.batch, "in_process_texts_per_s": baseline,
+        "seconds_to_serving": server.seconds_to_serving, **memory, "service": rows,
+        "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                                 if line.startswith("model name")), platform.processor()),
+                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"\n{result['model']}, {len(texts)} texts, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads; "
+          f"in-process (batch {args.batch}): {baseline:.1f} texts/s")
+    print(f"time to SERVING {server.seconds_to_serving:.2f} s; server RSS {memory['rss_mb']:.0f} MB "
+          f"(peak {memory['peak_rss_mb']:.0f} MB)")
+    print(f"{'clients':>7} {'texts/s':>8} {'vs in-process':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for r in rows:
+        print(f"{r['clients']:>7} {r['texts_per_s']:>8.1f} {r['ratio_to_in_process']:>13.2f} {r['p50_ms']:>8.0f} "
+              f"{r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>6}")
+    print(f"results: {args.output}")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,10 @@ A run lives in one directory:
 Starting the same command again resumes from the newest checkpoint: same step, same learning
 rate, the same batches in the same order. SIGINT/SIGTERM save a checkpoint before exiting, so
 a stopped run loses nothing; a killed one loses at most the work since its last checkpoint.
+
+Started by torchrun with several processes, the run is data-parallel (model/distributed.py):
+each step's global batches are built from --max-tokens times the number of processes and split
+among them; rank 0 alone prints, logs, validates and writes the run directory.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import shutil
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.batching import EncodedPairs, collate, encode_pairs, token_batches
+from model.batching import Batch, EncodedPairs, collate, encode_pairs, token_batches
 from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
 from model.config import ModelConfig
+from model.distributed import Distributed, process_group
 from model.evaluate import translate_texts
 from model.plot import plot_curves
 from model.scoring import score_translations
@@ -54,7 +60,7 @@ class TrainConfig:
 
     source_lang: str = "en"
     target_lang: str = "es"
-    max_tokens: int = 6000  # padded tokens per batch
+    max_tokens: int = 6000  # padded tokens per batch and process
     accumulation: int = 1  # batches per optimizer step
     lr: float = 1e-3  # peak learning rate, reached at the end of warmup
     warmup_steps: int = 1500
@@ -100,6 +106,22 @@ def label_smoothed_loss(model: Transformer, batch, label_smoothing: float) -> tu
     logits = model.logits(hidden[real])  # (N, V)
     loss = F.cross_entropy(logits.float(), batch.target_out[real], label_smoothing=label_smoothing, reduction="sum")
     return loss, int(real.sum())
+
+
+class TrainingLoss(torch.nn.Module):
+    """`label_smoothed_loss` as a module's forward.
+
+    DistributedDataParallel prepares its gradient all-reduce in the forward of the module it
+    wraps, and the loss calls `forward_hidden` and `logits`, not `Transformer.forward`.
+    """
+
+    def __init__(self, model: Transformer, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        return label_smoothed_loss(self.model, batch, self.label_smoothing)
 
 
 def evenly_spaced(items: list, n: int) -> list:
@@ -153,7 +175,8 @@ class Run:
     """One training run in its directory."""
 
     def __init__(self, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, tokenizer: Tokenizer,
-                 train: EncodedPairs, valid_pairs: list[tuple[str, str]], device: torch.device) -> None:
+                 train: EncodedPairs, valid_pairs: list[tuple[str, str]], device: torch.device,
+                 dist: Distributed = Distributed()) -> None:
         self.dir = run_dir
         self.config = train_config
         self.tokenizer = tokenizer
@@ -161,9 +184,13 @@ class Run:
         self.valid_pairs = valid_pairs
         self.valid = encode_pairs(valid_pairs, tokenizer, model_config.max_positions)
         self.device = device
-        torch.manual_seed(train_config.seed)
+        self.dist = dist
+        # Ranks differ in seed so that they draw different dropout masks; their initial weights
+        # differ too, but DDP starts every rank from rank 0's.
+        torch.manual_seed(train_config.seed + dist.rank)
         random.seed(train_config.seed)
         self.model = Transformer(model_config).to(device)
+        self.training_loss = dist.wrap(TrainingLoss(self.model, train_config.label_smoothing))
         decay = [p for n, p in self.model.named_parameters() if p.dim() > 1 and "embedding" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() > 1 and "embedding" not in n)]
         self.optimizer = torch.optim.AdamW(
@@ -201,7 +228,8 @@ class Run:
             "train_config": self.config.to_dict(),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0) and drop the oldest; every rank must call it."""
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -215,33 +243,57 @@ class Run:
             "best_bleu": self.best_bleu,
             "elapsed": self.elapsed,
         }
+        if self.dist.enabled:
+            # Each rank has its own dropout generator; an exact resume needs all of them.
+            state["world_size"] = self.dist.world_size
+            state["rank_rng"] = self.dist.gather({
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            })
+        if not self.dist.is_main:
+            self.dist.barrier()  # resuming needs the checkpoint complete before any rank goes on
+            return None
         path = save_checkpoint(self.checkpoint_dir() / f"step-{self.step}", self.model, self.tokenizer, self.info(), state)
         steps = sorted(self.checkpoint_dir().glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in steps[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
+        self.dist.barrier()
         return path
 
     def resume(self, path: Path) -> None:
+        state = load_trainer_state(path)
+        trained_by = state.get("world_size", 1)
+        if trained_by != self.dist.world_size:
+            raise SystemExit(f"{path} was trained by {trained_by} process(es), this is {self.dist.world_size}: the "
+                             f"batches and the data position depend on that number. Resume with {trained_by} "
+                             "(torchrun --nnodes x --nproc-per-node), or start a new run from it with --init-from")
         checkpoint = load_checkpoint(path, self.device)
         self.model.load_state_dict(checkpoint.model.state_dict())
-        state = load_trainer_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if "rank_rng" in state:
+            own = state["rank_rng"][self.dist.rank]
+            torch.set_rng_state(own["torch"])
+            if own["cuda"] is not None:
+                torch.cuda.set_rng_state(own["cuda"], self.device)
         random.setstate(state["python_rng"])
         self.step, self.epoch, self.next_batch = state["step"], state["epoch"], state["next_batch"]
         self.best_bleu, self.elapsed = state["best_bleu"], state["elapsed"]
 
     def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append to metrics.jsonl; called on rank 0 only."""
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- training ----------------------------------------------------------------------------
     def epoch_batches(self) -> list[list[int]]:
-        return token_batches(self.train, self.config.max_tokens, seed=self.config.seed * 100_003 + self.epoch)
+        """This epoch's global batches, the same on every rank; each rank trains its shard of them."""
+        return token_batches(self.train, self.config.max_tokens * self.dist.world_size,
+                             seed=self.config.seed * 100_003 + self.epoch)
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.amp:
@@ -250,16 +302,25 @@ class Run:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16)
 
     def train_step(self, batches: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over `batches` (gradient accumulation). Returns mean loss and tokens."""
+        """One optimizer step over global `batches` (gradient accumulation); this rank trains its
+        shard of each. Returns the mean loss and the target tokens of the whole step."""
         self.model.train()
-        collated = [collate(self.train, b).to(self.device) for b in batches]
-        total = sum(b.target_tokens for b in collated)
+        shards = [self.dist.shard(b) for b in batches]
+        # Each rank divides its summed loss by the whole step's target tokens (BOS-less target +
+        # EOS per sentence), times the number of ranks that DDP then averages over: the gradient
+        # is the one a single process gets from all the batches.
+        total = sum(len(self.train.targets[i]) + 1 for b in batches for i in b)
         loss_sum = 0.0
-        for batch in collated:
-            with self.autocast():
-                loss, _ = label_smoothed_loss(self.model, batch, self.config.label_smoothing)
-            self.scaler.scale(loss / total).backward()
+        for n, (indices, weight) in enumerate(shards):
+            # DDP all-reduces the gradients once, in the step's last backward.
+            accumulate_only = self.dist.enabled and n < len(shards) - 1
+            with self.training_loss.no_sync() if accumulate_only else nullcontext():
+                with self.autocast():
+                    loss, _ = self.training_loss(collate(self.train, indices).to(self.device))
+                loss = loss * weight
+                self.scaler.scale(loss * self.dist.world_size / total).backward()
             loss_sum += loss.item()
+        loss_sum = self.dist.sum(loss_sum)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.scaler.step(self.optimizer)
@@ -290,7 +351,7 @@ class Run:
         tokens_since_log, loss_since_log, steps_since_log = 0, 0.0, 0
         reason = "max_steps"
         progress = tqdm(total=config.max_steps, initial=self.step, desc="train", unit="step",
-                        dynamic_ncols=True, mininterval=2.0, disable=None)
+                        dynamic_ncols=True, mininterval=2.0, disable=None if self.dist.is_main else True)
         with StopRequest() as stop:
             while self.step < config.max_steps:
                 batches = self.epoch_batches()
@@ -309,7 +370,8 @@ class Run:
                         record = {"step": self.step, "epoch": self.epoch, "train_loss": loss_since_log / steps_since_log,
                                   "lr": self.scheduler.get_last_lr()[0],
                                   "target_tokens_per_s": tokens_since_log / (now - last_log)}
-                        self.log_metrics(record)
+                        if self.dist.is_main:
+                            self.log_metrics(record)
                         progress.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}",
                                              tok_s=f"{record['target_tokens_per_s']:.0f}")
                         last_log, tokens_since_log, loss_since_log, steps_since_log = now, 0, 0.0, 0
@@ -318,10 +380,10 @@ class Run:
                         last_log = time.monotonic()
                     if self.step % config.save_every == 0:
                         self.save()
-                    if stop.requested:
+                    if self.dist.any(stop.requested):
                         reason = "signal"
                         break
-                    if max_minutes is not None and time.monotonic() - started > max_minutes * 60:
+                    if self.dist.any(max_minutes is not None and time.monotonic() - started > max_minutes * 60):
                         reason = "max_minutes"
                         break
                 if reason != "max_steps":
@@ -336,6 +398,10 @@ class Run:
         return reason
 
     def evaluate_and_keep_best(self) -> None:
+        """Validate and keep the best checkpoint (rank 0); every rank must call it."""
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 validates meanwhile
+            return
         record = self.validate()
         self.log_metrics(record)
         log.info("step %d: valid loss %.3f, BLEU %.2f, chrF %.2f", self.step, record["valid_loss"],
@@ -346,6 +412,7 @@ class Run:
             self.best_bleu = record["valid_bleu"]
             save_checkpoint(self.dir / "best", self.model, self.tokenizer, self.info() | {"valid": record})
         plot_curves(self.dir / "metrics.jsonl", self.dir / "curves.png")
+        self.dist.barrier()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,8 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights, tokenizer and model config (fine-tuning, e.g. the "
                         "default model on your own corpus); the model-shape flags are then ignored")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: the machine's cores, divided among "
+                                                "the processes torchrun starts on it)")
     p.add_argument("--max-minutes", type=float, help="stop (after saving) once this much wall time has passed")
+    p.add_argument("--dist-backend", choices=["auto", "nccl", "gloo"], default="auto",
+                   help="collectives between the processes torchrun starts; auto = nccl on CUDA, gloo on CPU")
     g = p.add_argument_group("model (fixed at the first start of a run)")
     for name in ("vocab_size", "d_model", "heads", "ffn", "encoder_layers", "decoder_layers", "max_positions"):
         g.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(m, name))
@@ -383,10 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_corpus(path: Path) -> list[tuple[str, str]]:
+def say(dist: Distributed, message: str) -> None:
+    """A line for the person running the command, printed once per run (by rank 0)."""
+    if dist.is_main:
+        print(message, file=sys.stderr)
+
+
+def load_corpus(path: Path, dist: Distributed) -> list[tuple[str, str]]:
     pairs, report = read_tsv(path)
     log.warning(report.summary()) if report.malformed else log.info(report.summary())
-    print(report.summary(), file=sys.stderr)
+    say(dist, report.summary())
     if not pairs:
         raise SystemExit(f"{path}: no usable pairs")
     return pairs
@@ -395,19 +471,34 @@ def load_corpus(path: Path) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    with process_group(args.dist_backend, pick_device(args.device)) as dist:
+        if not dist.is_main:
+            logging.getLogger("rosetta").setLevel(logging.ERROR)  # rank 0 reports the warnings, once
+        return train_process(args, dist)
+
+
+def train_process(args: argparse.Namespace, dist: Distributed) -> int:
+    """The run as this process does it: alone, or as one rank of several started by torchrun."""
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // dist.local_world_size))
+    device = dist.device
     run_dir: Path = args.out
     run_dir.mkdir(parents=True, exist_ok=True)
     train_config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                                   if f.name not in ("betas", "amp", "cpu_bf16")},
                                amp=not args.no_amp,
                                cpu_bf16=args.cpu_bf16 == "on" or (args.cpu_bf16 == "auto" and cpu_has_bf16()))
-    train_pairs = load_corpus(args.train)
-    valid_pairs = load_corpus(args.valid)
+    train_pairs = load_corpus(args.train, dist)
+    valid_pairs = load_corpus(args.valid, dist)
     config_file = run_dir / "config.json"
     if args.init_from and args.tokenizer:
         raise SystemExit("--init-from brings its own tokenizer; drop --tokenizer")
+    # Rank 0 creates the run (tokenizer, config.json) while the others wait; they then open it as
+    # a resumed run, so every rank has the same tokenizer and model config.
+    if not dist.is_main:
+        dist.barrier()
+        if not config_file.exists():
+            raise SystemExit(f"rank {dist.rank} does not see {config_file}, written by rank 0: --out must be on a "
+                             "filesystem that every machine of the run shares")
     init_from: Checkpoint | None = None
     if config_file.exists():
         saved = json.loads(config_file.read_text())
@@ -415,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = Tokenizer.load(run_dir / "tokenizer.model")
         if saved.get("init_from"):
             init_from = load_checkpoint(saved["init_from"])
-        print(f"resuming run in {run_dir} (model config from {config_file})", file=sys.stderr)
+        say(dist, f"resuming run in {run_dir} (model config from {config_file})")
     elif args.init_from:
         init_from = load_checkpoint(args.init_from)
         tokenizer, model_config = init_from.tokenizer, init_from.config
@@ -426,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer:
             tokenizer = Tokenizer.load(args.tokenizer)
         else:
-            print(f"training a {args.vocab_size}-piece tokenizer on {len(train_pairs)} pairs", file=sys.stderr)
+            say(dist, f"training a {args.vocab_size}-piece tokenizer on {len(train_pairs)} pairs")
             tokenizer = Tokenizer.train((text for pair in train_pairs for text in pair), vocab_size=args.vocab_size)
         model_config = ModelConfig(
             vocab_size=tokenizer.vocab_size, d_model=args.d_model, heads=args.heads, ffn=args.ffn,
@@ -437,21 +528,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         tokenizer.save(run_dir / "tokenizer.model")
         config_file.write_text(json.dumps({"model": model_config.to_dict(), "train": train_config.to_dict()}, indent=2) + "\n")
+    if dist.is_main:
+        dist.barrier()
     train = encode_pairs(train_pairs, tokenizer, min(train_config.max_length, model_config.max_positions))
-    print(f"{len(train)} training pairs ({train.dropped_too_long} longer than {train_config.max_length} tokens left out)",
-          file=sys.stderr)
-    run = Run(run_dir, model_config, train_config, tokenizer, train, valid_pairs, device)
+    say(dist, f"{len(train)} training pairs ({train.dropped_too_long} longer than {train_config.max_length} tokens "
+              "left out)")
+    run = Run(run_dir, model_config, train_config, tokenizer, train, valid_pairs, device, dist)
     latest = run.latest_checkpoint()
     if latest is not None:
         run.resume(latest)
-        print(f"resumed from {latest}: step {run.step}, epoch {run.epoch}, lr {run.scheduler.get_last_lr()[0]:.3e}",
-              file=sys.stderr)
+        say(dist, f"resumed from {latest}: step {run.step}, epoch {run.epoch}, lr {run.scheduler.get_last_lr()[0]:.3e}")
     elif init_from is not None:
         run.model.load_state_dict(init_from.model.state_dict())
-        print(f"starting from the weights of {init_from.path}", file=sys.stderr)
-    print(f"model: {run.model.num_parameters():,} parameters on {device}", file=sys.stderr)
+        say(dist, f"starting from the weights of {init_from.path}")
+    processes = f" x {dist.world_size} processes" if dist.enabled else ""
+    say(dist, f"model: {run.model.num_parameters():,} parameters on {device}{processes}")
     reason = run.run(args.max_minutes)
-    print(f"stopped at step {run.step} ({reason}); best valid BLEU {run.best_bleu:.2f}", file=sys.stderr)
+    say(dist, f"stopped at step {run.step} ({reason}); best valid BLEU {run.best_bleu:.2f}")
     return 0
 
 

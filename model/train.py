@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm import tqdm  # tqdm.write: messages that do not break the bar
 
 from model.batching import Batch, EncodedPairs, collate, encode_pairs, token_batches
 from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
@@ -46,6 +45,7 @@ from model.config import ModelConfig
 from model.distributed import Distributed, process_group
 from model.evaluate import translate_texts
 from model.plot import plot_curves
+from model.progress import progress_bar
 from model.scoring import score_translations
 from model.tokenizer import PAD_ID, Tokenizer
 from model.transformer import Transformer
@@ -350,8 +350,8 @@ class Run:
         last_log = time.monotonic()
         tokens_since_log, loss_since_log, steps_since_log = 0, 0.0, 0
         reason = "max_steps"
-        progress = tqdm(total=config.max_steps, initial=self.step, desc="train", unit="step",
-                        dynamic_ncols=True, mininterval=2.0, disable=None if self.dist.is_main else True)
+        progress = progress_bar(total=config.max_steps, initial=self.step, desc="train", unit="step",
+                                disable=not self.dist.is_main)
         with StopRequest() as stop:
             while self.step < config.max_steps:
                 batches = self.epoch_batches()

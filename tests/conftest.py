@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny parallel corpus and a tiny model trained on it until it memorises it.
+"""Shared fixtures: a tiny parallel corpus and a tiny model trained on it until it memorises it;
+`Server`, a real rosetta-serve process on that model, for the tests that talk gRPC to it.
 
 Everything here is built inside the test session, in seconds, so the suite needs no committed
 weights and no downloads.
@@ -6,12 +7,23 @@ weights and no downloads.
 
 from __future__ import annotations
 
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from model.tsv import write_tsv
+from server.api import translator_pb2_grpc
 from tests.builders import tiny_pairs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY_MODEL_ARGS = [
     "--vocab-size", "300", "--d-model", "64", "--heads", "4", "--ffn", "128",
@@ -67,3 +79,42 @@ def tiny_version(tiny_checkpoint, repository) -> Path:
     version_dir, report = export_version(tiny_checkpoint, repository, "tiny", tiny_pairs())
     assert report["passed"], report["failures"]
     return version_dir
+
+
+@pytest.fixture(scope="module")
+def service_repository(tiny_version, tmp_path_factory) -> Path:
+    """A repository holding only version 1 of the tiny model (other tests add versions to theirs)."""
+    root = tmp_path_factory.mktemp("service-models")
+    shutil.copytree(tiny_version, root / "tiny" / "1")
+    return root
+
+
+class Server:
+    """A rosetta-serve subprocess and a channel to it."""
+
+    def __init__(self, repository: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0", "--device", "cpu",
+             "--threads", "1", "--metrics-port", "0", *extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
+        self.started = json.loads(line)
+        self.port = self.started["port"]
+        address = f"localhost:{self.port}"
+        self.channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+        self.stub = translator_pb2_grpc.TranslatorStub(self.channel)
+
+    def stop(self) -> int:
+        self.channel.close()
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 90) -> None:
+    """Poll until `condition()` holds: servers change state in the background."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import shutil
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,41 +22,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server.api import translator_pb2 as pb
 from server.api import translator_pb2_grpc
 from tests.builders import tiny_pairs
+from tests.conftest import ROOT, Server, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 PAIRS = tiny_pairs()
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class Server:
-    """A rosetta-serve subprocess and a channel to it."""
-
-    def __init__(self, repository: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0", "--device", "cpu",
-             "--threads", "1", "--metrics-port", "0", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
-        self.started = json.loads(line)
-        self.port = self.started["port"]
-        address = f"localhost:{self.port}"
-        self.channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-        self.stub = translator_pb2_grpc.TranslatorStub(self.channel)
-
-    def stop(self) -> int:
-        self.channel.close()
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def service_repository(tiny_version, tmp_path_factory) -> Path:
-    """A repository holding only version 1 of the tiny model (other tests add versions to theirs)."""
-    root = tmp_path_factory.mktemp("service-models")
-    shutil.copytree(tiny_version, root / "tiny" / "1")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +297,6 @@ def test_tls(service_repository, tmp_path):
             grpc.StatusCode.UNAVAILABLE
     finally:
         assert s.stop() == 0
-
-
-def wait_for(condition, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def states(s: Server) -> dict[int, str]:

@@ -111,7 +111,7 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a checkpoint to a verified ONNX model version.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a checkpoint directory (e.g. runs/en-es/best)")
@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4, help="beam size checked besides greedy")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--report", type=Path, help="also write the parity report here as JSON")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         pairs, _ = read_tsv(args.test, strict=True)

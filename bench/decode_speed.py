@@ -8,6 +8,8 @@ saved as a checkpoint and exported through `rosetta-export`'s own code path (fp3
 each through the parity gate on a few sentences), so every engine runs the same weights. Each
 engine then runs in a fresh worker process (its own thread pools and peak-memory figure) over
 the same source ids, generating exactly `target_length` tokens per sentence (EOS suppressed).
+Within the workload's thread budget, CTranslate2 runs in four settings (CT2_SETTINGS) and our
+runtime in two (ORT_SETTINGS: one stream of 2 threads, two streams of 1); each is reported at its best.
 
 Timing: one warm-up pass, then `timed_reps` passes; the median is reported with min and max.
 Around each pass the CPU time of other processes is read from /proc/stat; a pass during which
@@ -41,6 +43,8 @@ ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-int8", "ctranslate2-fp32"
 # CTranslate2 is timed in each of these settings (back-end, intra-op threads) and reported at its
 # best per mode: its default 2-thread MKL setting is far from its best on these machines.
 CT2_SETTINGS = [("mkl", 2), ("onednn", 2), ("mkl", 1), ("onednn", 1)]
+# Our runtime likewise, within the same 2-thread budget: (streams, intra-op threads per stream).
+ORT_SETTINGS = [(1, 2), (2, 1)]
 DISTURBED_CORE_SHARE = 0.2
 
 
@@ -150,7 +154,8 @@ def peak_rss_mb() -> float:
 
 
 # --- engines (each built inside its worker process) -----------------------------------------
-def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int]) -> Callable[[list[list[int]], int, int], None]:
+def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int],
+                   streams: int = 1) -> Callable[[list[list[int]], int, int], None]:
     """A function decoding a batch of source ids with `engine` to exactly `length` tokens."""
     intra, inter = threads
     if engine == "pytorch":
@@ -177,7 +182,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int]) -> Cal
 
         precision = engine.split("-")[1]
         graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
-                            SessionConfig(device="cpu", intra_op_threads=intra, inter_op_threads=inter))
+                            SessionConfig(device="cpu", streams=streams, intra_op_threads=intra,
+                                          inter_op_threads=inter))
         from server.translator import pad_ids
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
@@ -210,7 +216,7 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int]) -> Cal
 def worker(args: argparse.Namespace) -> None:
     workload = load_workload(args.workload)
     decode = engine_decoder(args.engine, args.arch_dir, (args.threads or workload["threads"]["intra_op"],
-                                                         workload["threads"]["inter_op"]))
+                                                         workload["threads"]["inter_op"]), args.streams)
     sources = workload_sources(workload, eos_id=3)
     results = {}
     for mode in workload["modes"]:
@@ -222,11 +228,12 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- the report -----------------------------------------------------------------------------
 def run_worker(engine: str, arch: str, arch_dir: Path, workload: Path, threads: int | None = None,
-               env: dict[str, str] | None = None) -> dict:
+               env: dict[str, str] | None = None, streams: int = 1) -> dict:
     """Time one engine in a fresh process; its figures, or {"error": ...}."""
-    print(f"[{arch}] {engine} {env or ''} {threads or ''}", file=sys.stderr, flush=True)
+    print(f"[{arch}] {engine} {env or ''} {threads or ''} {f'{streams} streams' if streams > 1 else ''}",
+          file=sys.stderr, flush=True)
     command = [sys.executable, __file__, "worker", "--engine", engine, "--arch-dir", str(arch_dir),
-               "--workload", str(workload)] + (["--threads", str(threads)] if threads else [])
+               "--workload", str(workload), "--streams", str(streams)] + (["--threads", str(threads)] if threads else [])
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         print(f"  failed: {proc.stderr.strip()[-2000:]}", file=sys.stderr)
@@ -288,6 +295,7 @@ def main() -> None:
     w.add_argument("--arch-dir", type=Path, required=True)
     w.add_argument("--workload", type=Path, default=WORKLOAD)
     w.add_argument("--threads", type=int, help="intra-op threads (default: the workload's)")
+    w.add_argument("--streams", type=int, default=1, help="onnxruntime: parts of a batch decoded at once")
     p.add_argument("--workload", type=Path, default=WORKLOAD)
     p.add_argument("--archs", nargs="*", default=["small", "base"])
     p.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
@@ -310,6 +318,11 @@ def main() -> None:
                             run_worker(engine, arch, arch_dir, args.workload, threads,
                                        {"CT2_USE_MKL": "1" if backend == "mkl" else "0"})
                             for backend, threads in CT2_SETTINGS}
+                results[arch][engine] = best_variant(variants)
+            elif engine.startswith("onnxruntime-"):
+                variants = {f"{streams} stream{'s' * (streams > 1)} x {threads} thread{'s' * (threads > 1)}":
+                            run_worker(engine, arch, arch_dir, args.workload, threads, streams=streams)
+                            for streams, threads in ORT_SETTINGS}
                 results[arch][engine] = best_variant(variants)
             else:
                 results[arch][engine] = run_worker(engine, arch, arch_dir, args.workload)

@@ -23,7 +23,8 @@ class ServerConfig:
     repository: Path = Path("models")  # model repository: <repository>/<name>/<version>/
     default_model: str = ""  # model for requests that name none; empty: en-es if present, else the first by name
     device: str = "auto"  # auto (CUDA when usable, else CPU), cuda or cpu
-    threads: int = 0  # intra-op threads per session; 0 = one per core
+    streams: int = 0  # parts of a batch decoded at once; 0 = one per core on the CPU, 1 on CUDA
+    threads: int = 0  # intra-op threads per session; 0 = the cores divided among the streams
     max_batch_sentences: int = 64  # sentences decoded together at most
     max_wait_ms: float = 5.0  # how long a batch waits for more requests to join it
     max_queue_sentences: int = 1024  # sentences waiting at most; beyond, RESOURCE_EXHAUSTED
@@ -50,8 +51,10 @@ class ServerConfig:
                      "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if min(self.max_wait_ms, self.grace_seconds, self.threads, self.reload_interval, self.max_chrf_drop) < 0:
-            raise ValueError("max_wait_ms, grace_seconds, threads, reload_interval and max_chrf_drop must not be negative")
+        if min(self.max_wait_ms, self.grace_seconds, self.threads, self.streams, self.reload_interval,
+               self.max_chrf_drop) < 0:
+            raise ValueError("max_wait_ms, grace_seconds, threads, streams, reload_interval and max_chrf_drop "
+                             "must not be negative")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -84,7 +87,8 @@ HELP = {
     "repository": "model repository: <repository>/<name>/<version>/",
     "default_model": "model for requests that name none (default: en-es if present, else the first by name)",
     "device": "auto (CUDA when usable, else CPU), cuda or cpu",
-    "threads": "intra-op threads per ONNX Runtime session (0: one per core)",
+    "streams": "parts of a batch decoded at once, one thread each (0: one per core on the CPU, 1 on CUDA)",
+    "threads": "intra-op threads per ONNX Runtime session (0: the cores divided among the streams)",
     "max_batch_sentences": "sentences decoded together at most",
     "max_wait_ms": "how long a batch waits for more requests to join it",
     "max_queue_sentences": "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED",

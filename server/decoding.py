@@ -13,12 +13,16 @@ so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary
   step, finished sentences' rows are dropped.
 - A sentence whose caller has gone (`abandoned`, asked once per step) leaves the batch the same
   way, so a cancelled or expired request stops costing compute mid-batch.
+- With several streams (SessionConfig.streams) a batch is cut into that many consecutive
+  parts decoded at the same time; callers pass length-sorted batches, so each part is trimmed
+  to its own longest source. Sentences are independent, so the result is the same.
 No torch here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 
@@ -39,6 +43,24 @@ def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOpt
     Returns, for each sentence, `options.n_best` hypotheses, best first; an empty list for a
     sentence that `abandoned` gave up on (it is asked about every live sentence at every step).
     """
+    rows = source_ids.shape[0]
+    parts = min(graphs.streams, rows)
+    if parts <= 1:
+        return _decode(graphs, source_ids, options, abandoned)
+    bounds = np.linspace(0, rows, parts + 1).round().astype(int)
+    jobs = [graphs.pool.submit(_decode, graphs, _trimmed(source_ids[a:b], graphs.config.pad_id), options,
+                               lambda row, a=a: abandoned(a + row))
+            for a, b in pairwise(bounds)]
+    return [hypotheses for job in jobs for hypotheses in job.result()]
+
+
+def _trimmed(source_ids: np.ndarray, pad_id: int) -> np.ndarray:
+    """Without the padding columns that no row of this part needs."""
+    return source_ids[:, : int((source_ids != pad_id).sum(axis=1).max())]
+
+
+def _decode(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
+            abandoned: Abandoned) -> list[list[Hypothesis]]:
     if source_ids.shape[0] == 0:
         return []
     if options.beam_size == 1:

@@ -6,6 +6,7 @@ list of arrays, one (B, H, P, Dh) array per decoder layer. No torch here.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from model.config import ModelConfig
 from server.repository import Manifest, load_manifest
-from server.sessions import SessionConfig, create_session
+from server.sessions import CUDA, SessionConfig, create_session
 
 Cache = list[np.ndarray]  # one (B, H, P, Dh) array per decoder layer
 
@@ -46,6 +47,9 @@ class OnnxGraphs:
         self._cross_names = cache_names("cross", layers)
         self._past_names = cache_names("past", layers)
         self._step_outputs = ["top_log_probs", "top_ids", *cache_names("present", layers)]
+        # Parts of one batch decoded at once (SessionConfig.streams); their threads live here.
+        self.streams = session_config.streams or (1 if self.provider == CUDA else session_config.cpu_streams())
+        self.pool = ThreadPoolExecutor(self.streams, thread_name_prefix="stream") if self.streams > 1 else None
 
     @property
     def provider(self) -> str:

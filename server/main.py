@@ -56,8 +56,8 @@ async def serve(config: ServerConfig) -> int:
     for name in ("", SERVICE):
         await health_servicer.set(name, NOT_SERVING)
     reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    registry = ModelRegistry(config.repository, SessionConfig(device=config.device, intra_op_threads=config.threads),
-                             config.default_model)
+    sessions = SessionConfig(device=config.device, streams=config.streams, intra_op_threads=config.threads)
+    registry = ModelRegistry(config.repository, sessions, config.default_model)
     batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
                       max_queue_sentences=config.max_queue_sentences)
     batcher.start()

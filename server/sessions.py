@@ -29,12 +29,22 @@ class DeviceUnavailableError(RuntimeError):
     """The requested device cannot be used on this machine."""
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How graphs are run.
 
     device: "auto" (CUDA when usable, else CPU), "cuda" (an error without a usable GPU) or "cpu".
-    intra_op_threads: threads inside one operator; 0 = one per core.
+    streams: a batch is split into this many parts, decoded at the same time on the same sessions
+        (one Python thread each); 0 = one per core on the CPU, 1 on CUDA. On CPUs several
+        single-threaded streams beat one multi-threaded one: a decoder step's matrices are
+        small, and intra-op threads spend much of each step waiting for each other
+        (docs/benchmarks.md: 1.05x to 1.4x on 2 cores).
+    intra_op_threads: threads inside one operator; 0 = the cores divided among the streams.
     inter_op_threads: operators run in parallel; decoder graphs are a chain, so 1.
     spinning: let idle intra-op threads spin. Off: the Python decode loop leaves gaps between
         graph calls, and spinning threads would burn the cores that the loop needs.
@@ -42,6 +52,7 @@ class SessionConfig:
     """
 
     device: str = "auto"
+    streams: int = 0
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     spinning: bool = False
@@ -52,15 +63,23 @@ class SessionConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.optimization not in _LEVELS:
             raise ValueError(f"optimization must be one of {sorted(_LEVELS)}, got {self.optimization!r}")
-        if self.intra_op_threads < 0 or self.inter_op_threads < 1:
-            raise ValueError("intra_op_threads must be >= 0 and inter_op_threads >= 1")
+        if self.streams < 0 or self.intra_op_threads < 0 or self.inter_op_threads < 1:
+            raise ValueError("streams and intra_op_threads must be >= 0 and inter_op_threads >= 1")
+
+    def cpu_streams(self) -> int:
+        return self.streams or available_cores()
+
+    def cpu_threads(self) -> int:
+        return self.intra_op_threads or max(1, available_cores() // self.cpu_streams())
 
     @classmethod
     def from_env(cls, **overrides) -> SessionConfig:
-        """Defaults, then ROSETTA_DEVICE / ROSETTA_THREADS from the environment, then `overrides`."""
+        """Defaults, then ROSETTA_DEVICE / ROSETTA_STREAMS / ROSETTA_THREADS from the environment, then `overrides`."""
         values = {}
         if os.environ.get("ROSETTA_DEVICE"):
             values["device"] = os.environ["ROSETTA_DEVICE"]
+        if os.environ.get("ROSETTA_STREAMS"):
+            values["streams"] = int(os.environ["ROSETTA_STREAMS"])
         if os.environ.get("ROSETTA_THREADS"):
             values["intra_op_threads"] = int(os.environ["ROSETTA_THREADS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -109,7 +128,7 @@ def _log_fallback_once(reason: str) -> None:
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[config.optimization]
-    options.intra_op_num_threads = config.intra_op_threads or os.cpu_count() or 1
+    options.intra_op_num_threads = config.cpu_threads()
     options.inter_op_num_threads = config.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")

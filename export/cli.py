@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: a library may have configured the root logger at import (onnxruntime's quantizer does).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
         pairs, _ = read_tsv(args.test, strict=True)
     except (TsvError, OSError) as e:

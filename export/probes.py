@@ -3,8 +3,10 @@
 `probes.json` holds what this version computed at export time, on this exporting machine:
 
 - probes: a few test sentences with the token ids of their greedy and beam-4 translations.
-  A loader that replays them must get the same tokens (fp32 and int8 alike: it is the same
-  graph on the same runtime), or the version is not what was verified.
+  A loader that replays them (`replay`, one sentence at a time) must get the same tokens (fp32
+  and int8 alike: it is the same graph on the same runtime), or the version is not what was
+  verified. Another CPU family can round differently (ONNX Runtime picks kernels by
+  instruction set), so export on the kind of machine that serves.
 - heldout: a small sample of the test set, spread over the file, with the chrF and BLEU the
   version reached on it (beam 4). A server compares a new version's chrF on it with the
   version it serves before swapping.
@@ -22,6 +24,7 @@ from model.scoring import score_translations
 from model.tokenizer import Tokenizer
 from server.decoding import translate_ids
 from server.graphs import OnnxGraphs
+from server.probes import replay
 from server.translator import pad_ids
 
 PROBES_FILE = "probes.json"
@@ -38,9 +41,7 @@ def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str
     max_positions = graphs.config.max_positions
     probe_pairs = [pairs[i] for i in evenly_spaced_indices(len(pairs), PROBE_SENTENCES)]
     source_ids = tokenizer.encode_sources([s for s, _ in probe_pairs], max_positions)
-    batch = pad_ids(source_ids, graphs.config.pad_id)
-    decoded = {name: [h[0].tokens for h in translate_ids(graphs, batch, DecodeOptions(beam_size=beam))]
-               for name, beam in (("greedy", 1), ("beam4", 4))}
+    decoded = {name: replay(graphs, source_ids, beam) for name, beam in (("greedy", 1), ("beam4", 4))}
     probes = [{"source": source, "source_ids": ids, "greedy": greedy, "beam4": beam4}
               for (source, _), ids, greedy, beam4 in zip(probe_pairs, source_ids, decoded["greedy"], decoded["beam4"])]
     heldout = [pairs[i] for i in evenly_spaced_indices(len(pairs), HELDOUT_SENTENCES)]

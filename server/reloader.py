@@ -23,12 +23,10 @@ import json
 import logging
 from collections.abc import Callable
 
-from model.decode_options import DecodeOptions
 from model.scoring import score_translations
-from server.decoding import translate_ids
 from server.registry import LoadedVersion, ModelRegistry, RejectedVersion
+from server.probes import replay
 from server.repository import ModelVersionError, versions
-from server.translator import pad_ids
 
 log = logging.getLogger("rosetta.reload")
 
@@ -51,10 +49,8 @@ def gate(candidate: LoadedVersion, serving: LoadedVersion | None, max_chrf_drop:
     smoke = candidate.translator.translate([probes["probes"][0]["source"]], beam_size=1)[0]
     if not smoke.strip():
         raise GateFailure("smoke translation came back empty")
-    graphs = candidate.translator.graphs
-    batch = pad_ids([p["source_ids"] for p in probes["probes"]], graphs.config.pad_id)
     for name, beam in (("greedy", 1), ("beam4", 4)):
-        tokens = [h[0].tokens for h in translate_ids(graphs, batch, DecodeOptions(beam_size=beam))]
+        tokens = replay(candidate.translator.graphs, [p["source_ids"] for p in probes["probes"]], beam)
         differing = [i for i, (a, p) in enumerate(zip(tokens, probes["probes"])) if a != p[name]]
         if differing:
             raise GateFailure(f"{name} probes differ from the export's at sentences {differing[:5]}")

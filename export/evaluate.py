@@ -51,7 +51,7 @@ def translate_with_checkpoint(path: Path, sources: list[str], *, beam: int, batc
     return hypotheses, "pytorch"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Translate a TSV test set (source<TAB>reference) and score it.")
     parser.add_argument("--model", type=Path, required=True,
                         help="a checkpoint directory, or a model version directory (models/<name>/<version>)")
@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], help="for a model version (default: auto)")
     parser.add_argument("--output", type=Path, help="also write the translations here, one per line")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         pairs, _ = read_tsv(args.test, strict=True)
     except (TsvError, OSError) as e:

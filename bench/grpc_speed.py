@@ -8,9 +8,11 @@ runtime translates them in-process in batches of `--batch` (the ceiling: no netw
 protobuf, perfect length grouping). Then a real `rosetta-serve` process serves the same
 model version with the same threads, and for each client count that many concurrent clients
 (coroutines on one grpc.aio channel each) send one `Translate` call per text until all are
-done; the server's dynamic batching gathers them. Reported per client count: texts/s, its
-ratio to in-process, latency p50/p95/p99, errors. Also the server's time from start to the
-"serving" line (health SERVING) and its resident memory (current and peak).
+done; the server's dynamic batching gathers them. Meanwhile a probe asks the health service
+every 50 ms (the event loop must stay free while batches decode). Reported per client count:
+texts/s, its ratio to in-process, latency p50/p95/p99, errors, and the health probe's worst
+latency. Also the server's time from start to the "serving" line (health SERVING) and its
+resident memory (current and peak).
 
 Both sides decode with the service's default options (beam 4). The client runs in this
 process on the same machine, so it takes CPU from the server: the ratios include that cost.
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from model.tsv import read_tsv
 from server.api import translator_pb2 as pb
@@ -84,8 +87,21 @@ class ServerProcess:
         self.process.wait(timeout=60)
 
 
-async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[float, list[float], int]:
-    """`clients` concurrent callers share the texts; returns seconds, latencies, errors."""
+async def health_probe(address: str, done: asyncio.Event) -> list[float]:
+    """Latencies of health checks every 50 ms until `done`."""
+    latencies = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while not done.is_set():
+            started = time.perf_counter()
+            await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+    return latencies
+
+
+async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[float, list[float], int, list[float]]:
+    """`clients` concurrent callers share the texts; returns seconds, latencies, errors, health latencies."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for text in texts:
         queue.put_nowait(text)
@@ -105,22 +121,28 @@ async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[fl
                 except grpc.aio.AioRpcError:
                     errors += 1
 
+    done = asyncio.Event()
+    probe = asyncio.create_task(health_probe(address, done))
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return time.perf_counter() - started, latencies, errors
+    seconds = time.perf_counter() - started
+    done.set()
+    return seconds, latencies, errors, await probe
 
 
 def service(server: ServerProcess, texts: list[str], clients: int, repeats: int) -> dict:
     asyncio.run(clients_pass(server.address, texts[: max(clients, 16)], clients))  # warm-up
-    seconds, latencies, errors = [], [], 0
+    seconds, latencies, errors, health = [], [], 0, []
     for _ in range(repeats):
-        s, lat, err = asyncio.run(clients_pass(server.address, texts, clients))
+        s, lat, err, probes = asyncio.run(clients_pass(server.address, texts, clients))
         seconds.append(s)
         latencies += lat
         errors += err
+        health += probes
     return {"clients": clients, "texts_per_s": len(texts) / statistics.median(seconds),
             "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
-            "p99_ms": 1000 * percentile(latencies, 99), "errors": errors, "calls": len(latencies) + errors}
+            "p99_ms": 1000 * percentile(latencies, 99), "errors": errors, "calls": len(latencies) + errors,
+            "health_max_ms": 1000 * max(health), "health_checks": len(health)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
           f"in-process (batch {args.batch}): {baseline:.1f} texts/s")
     print(f"time to SERVING {server.seconds_to_serving:.2f} s; server RSS {memory['rss_mb']:.0f} MB "
           f"(peak {memory['peak_rss_mb']:.0f} MB)")
-    print(f"{'clients':>7} {'texts/s':>8} {'vs in-process':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'clients':>7} {'texts/s':>8} {'vs in-process':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} "
+          f"{'health max ms':>13}")
     for r in rows:
         print(f"{r['clients']:>7} {r['texts_per_s']:>8.1f} {r['ratio_to_in_process']:>13.2f} {r['p50_ms']:>8.0f} "
-              f"{r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>6}")
+              f"{r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>6} {r['health_max_ms']:>13.1f}")
     print(f"results: {args.output}")
     return 1 if any(r["errors"] for r in rows) else 0
 

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 import tomllib
 from concurrent import futures
@@ -30,8 +35,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from client import TranslatorClient
+from model.tsv import write_tsv
 from server import healthcheck
 from server.config import ServerConfig, env_name, parse_config
+from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -488,3 +496,63 @@ def test_k8s_service_reaches_every_server_pod_on_its_grpc_and_metrics_ports(k8s)
         assert {p["targetPort"]: p["port"] for p in service["spec"]["ports"]} == container_ports, name
     selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items())) for d in deployments(k8s).values()]
     assert len(set(selectors)) == len(selectors), "Deployments must not select each other's pods"
+
+
+# ---- the train profile's routine, run for real on a tiny model --------------------------------
+
+def with_values(argv: list[str], values: dict[str, str]) -> list[str]:
+    """argv with the value after each flag in `values` replaced."""
+    argv = list(argv)
+    for flag, value in values.items():
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def run_service(argv: list[str], cwd: Path) -> None:
+    """A service's command, as its console script, in a directory laid out like the image's /app."""
+    module, function = SCRIPTS[argv[0]].split(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, *argv[1:]], cwd=cwd, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, f"{argv}\n{result.stderr[-3000:]}"
+
+
+def test_train_then_export_commands_reach_the_running_server(compose, tiny_checkpoint, tmp_path):
+    """`train` then `export`, with the compose file's own commands, end with the `server`
+    service's command serving the new version. Changed, and only these: the tiny model stands in
+    for the committed one, the server listens on free loopback ports and looks for new versions
+    every second, and training runs 3 steps (validating on 8 sentences)."""
+    services = compose["services"]
+    train, export, server = (service_command(services[name]) for name in ("train", "export", "server"))
+    app = tmp_path / "app"
+    for split in ("train", "valid", "test"):
+        path = app / run_program(train, {}).train.parent / f"{split}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tsv(path, tiny_pairs())
+    shutil.copytree(tiny_checkpoint, app / run_program(train, {}).init_from)
+    best = app / run_program(export, {}).checkpoint
+    shutil.copytree(tiny_checkpoint, best)  # version 1: the checkpoint the image carries, exported as compose does
+    run_service(export, app)
+    shutil.rmtree(best.parent)
+
+    environment = {**services["server"]["environment"], "ROSETTA_PORT": "0", "ROSETTA_METRICS_PORT": "0",
+                   "ROSETTA_RELOAD_INTERVAL": "1"}
+    environment["ROSETTA_REPOSITORY"] = str(app / PurePosixPath(environment["ROSETTA_REPOSITORY"]).relative_to(
+        image_workdir("server")))
+    argv = with_values(server, {"--host": "127.0.0.1"})
+    process = subprocess.Popen([sys.executable, "-m", "server.main", *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE,
+                               env={**os.environ, **environment}, text=True)
+    try:
+        port = json.loads(process.stdout.readline())["port"]
+        run_service(with_values(train, {"--max-steps": "3", "--eval-every": "3", "--valid-bleu-sentences": "8"}), app)
+        run_service(export, app)
+        with TranslatorClient(f"127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while not any(m.version == 2 and m.state == "SERVING" for m in client.models()):
+                assert time.monotonic() < deadline, [(m.version, m.state) for m in client.models()]
+                time.sleep(0.5)
+            source, target = tiny_pairs()[0]
+            assert client.translate(source) == target
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0

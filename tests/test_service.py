@@ -405,6 +405,20 @@ def metric(server: Server, name: str) -> float:
     raise AssertionError(f"{name} is not among the metrics")
 
 
+def test_health_answers_while_a_long_batch_decodes(server):
+    """Decoding runs in worker threads and ONNX Runtime releases the GIL: the event loop stays free.
+    (Health latency under load is measured by bench/grpc_speed.py; here a 1 s deadline is the bound.)"""
+    texts = [source for source, _ in PAIRS] * 8
+    call = server.stub.TranslateBatch.future(
+        pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=16, min_length=60)), timeout=300)
+    health = health_pb2_grpc.HealthStub(server.channel)
+    time.sleep(0.5)
+    for _ in range(10):
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status == SERVING
+    assert not call.done(), "the batch should still be decoding while health answered"
+    call.cancel()
+
+
 def test_a_call_cancelled_mid_batch_stops_costing_compute(server):
     """Cancel a long batch while it decodes: its sentences leave the running batch, the server moves on."""
     texts = [source for source, _ in PAIRS] * 8

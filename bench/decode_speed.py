@@ -23,6 +23,7 @@ CTranslate2 at the same precision.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -74,7 +75,9 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path)
     from model.transformer import Transformer
     from model.tsv import read_tsv
 
-    arch_dir = cache / f"{arch}-v{workload['version']}"
+    # Keyed by the export code too: a change to the graphs or the quantizer rebuilds the versions.
+    export_code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").glob("*.py"))))
+    arch_dir = cache / f"{arch}-v{workload['version']}-{export_code.hexdigest()[:10]}"
     if (arch_dir / "ready").exists():
         return arch_dir
     spec = workload["archs"][arch]

@@ -56,6 +56,10 @@ class _Request:
     def key(self) -> tuple:
         return id(self.version), self.options
 
+    @property
+    def mean_length(self) -> float:
+        return sum(map(len, self.ids)) / len(self.ids)
+
     def abandoned(self) -> bool:
         """Nobody will read this request's answer: its caller cancelled or its deadline passed."""
         return self.cancelled.is_set() or (self.deadline is not None and time.monotonic() > self.deadline)
@@ -80,6 +84,7 @@ class Batcher:
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
         self.max_queue_sentences = max_queue_sentences
+        self.workers = workers
         self._pending: list[_Request] = []
         self._queued_sentences = 0
         self._wakeup = asyncio.Event()
@@ -138,13 +143,22 @@ class Batcher:
         return sum(len(r.ids) for r in self._pending if r.key == key)
 
     def _take(self, key: tuple) -> list[_Request]:
-        """Remove and return the live requests of one batch; settle the dead ones."""
+        """Remove and return the live requests of one batch; settle the dead ones.
+
+        The oldest request always goes (nobody starves); the others are those closest to it in
+        sentence length, since a batch lasts as long as its longest sentence. The waiting
+        sentences are shared among the decoding slots, so that a queue of 32 becomes two
+        batches of 16 decoded side by side rather than one of 32 and an idle slot.
+        """
+        candidates = [r for r in self._pending if r.key == key]
+        waiting = sum(len(r.ids) for r in candidates)
+        share = min(self.max_batch_sentences, max(1, -(-waiting // self.workers)))
+        first, rest = candidates[0], candidates[1:]
+        rest.sort(key=lambda r: abs(r.mean_length - first.mean_length))
         batch, sentences, now = [], 0, time.monotonic()
-        for request in list(self._pending):
-            if request.key != key:
+        for request in [first, *rest]:
+            if batch and sentences + len(request.ids) > share:
                 continue
-            if batch and sentences + len(request.ids) > self.max_batch_sentences:
-                break
             self._pending.remove(request)
             self._queued_sentences -= len(request.ids)
             if request.future.done():  # cancelled by its caller

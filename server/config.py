@@ -27,6 +27,7 @@ class ServerConfig:
     threads: int = 0  # intra-op threads per session; 0 = the cores divided among the streams
     max_batch_sentences: int = 64  # sentences decoded together at most
     max_wait_ms: float = 5.0  # how long a batch waits for more requests to join it
+    concurrent_batches: int = 2  # batches decoded at the same time (the queue is shared among them)
     max_queue_sentences: int = 1024  # sentences waiting at most; beyond, RESOURCE_EXHAUSTED
     max_text_chars: int = 10_000  # characters per text
     max_batch_texts: int = 256  # texts per TranslateBatch call
@@ -47,8 +48,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
-        for name in ("max_batch_sentences", "max_queue_sentences", "max_text_chars", "max_batch_texts",
-                     "max_message_bytes"):
+        for name in ("max_batch_sentences", "concurrent_batches", "max_queue_sentences", "max_text_chars",
+                     "max_batch_texts", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if min(self.max_wait_ms, self.grace_seconds, self.threads, self.streams, self.reload_interval,
@@ -91,6 +92,7 @@ HELP = {
     "threads": "intra-op threads per ONNX Runtime session (0: the cores divided among the streams)",
     "max_batch_sentences": "sentences decoded together at most",
     "max_wait_ms": "how long a batch waits for more requests to join it",
+    "concurrent_batches": "batches decoded at the same time; waiting requests are shared among them by length",
     "max_queue_sentences": "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED",
     "max_text_chars": "characters per text",
     "max_batch_texts": "texts per TranslateBatch call",

@@ -59,7 +59,7 @@ async def serve(config: ServerConfig) -> int:
     sessions = SessionConfig(device=config.device, streams=config.streams, intra_op_threads=config.threads)
     registry = ModelRegistry(config.repository, sessions, config.default_model)
     batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
-                      max_queue_sentences=config.max_queue_sentences)
+                      max_queue_sentences=config.max_queue_sentences, workers=config.concurrent_batches)
     batcher.start()
     metrics = Metrics()
     batcher.on_batch.append(metrics.observe_batch)

@@ -211,3 +211,22 @@ def test_evaluate_the_committed_model(checkout):
     run("make data", checkout)
     report = json.loads(run(EVALUATE[0], checkout).strip().splitlines()[-1])
     assert report["sentences"] == 1897 and report["bleu"] > 20
+
+
+def test_the_configuration_table_lists_every_setting_with_its_default():
+    from dataclasses import fields
+
+    from server.config import ServerConfig, env_name
+
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in
+            re.finditer(r"^\| `--([a-z-]+)` \| `(ROSETTA_[A-Z_]+)` \| ([^|]+) \|", README, flags=re.M)}
+    for f in fields(ServerConfig):
+        flag = f.name.replace("_", "-")
+        assert flag in rows, f"--{flag} is missing from the README's configuration table"
+        variable, default = rows[flag]
+        assert variable == env_name(f.name)
+        if f.default == "":  # off, or chosen at start-up: the table says which in words
+            assert default.startswith("("), (flag, default)
+        else:
+            assert default.split()[0] == str(f.default), (flag, default)
+    assert len(rows) == len(fields(ServerConfig)), set(rows) - {f.name.replace("_", "-") for f in fields(ServerConfig)}

@@ -389,11 +389,12 @@ def test_expired_requests_get_deadline_exceeded_and_cost_nothing_after(server):
     texts = [source for source, _ in PAIRS] * 8
     long_work = pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=8, min_length=50))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(server.stub.TranslateBatch, long_work, timeout=120)
+        # Two long batches take both decoding slots (--concurrent-batches 2): the next call must queue.
+        busy = [pool.submit(server.stub.TranslateBatch, long_work, timeout=120) for _ in range(2)]
         time.sleep(0.2)
         error = error_of(server.stub.Translate, pb.TranslateRequest(text=PAIRS[0][0]), timeout=0.3)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert len(busy.result().translations) == len(texts)
+        assert [len(b.result().translations) for b in busy] == [len(texts)] * 2
     assert server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
 
 
@@ -449,3 +450,24 @@ def test_arbitrary_input_gets_an_answer_or_a_clear_refusal(server, text, beam, n
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
         assert e.details()
+
+
+def test_waiting_requests_are_shared_between_batches_by_length():
+    """The oldest request always goes first; it takes the half of the queue closest to it in length."""
+    import asyncio
+
+    from model.decode_options import DecodeOptions
+    from server.batcher import Batcher, _Request
+
+    async def take() -> list[int]:
+        batcher = Batcher(max_batch_sentences=64, workers=2)
+        loop = asyncio.get_running_loop()
+        version = object()
+        for length in (10, 50, 11, 49, 12, 48, 9, 51):  # one sentence each, oldest first
+            batcher._pending.append(_Request(version, [[5] * length], DecodeOptions(), loop.create_future(), None))
+            batcher._queued_sentences += 1
+        batch = batcher._take(batcher._pending[0].key)
+        assert batcher.queued_sentences == 4
+        return [len(r.ids[0]) for r in batch]
+
+    assert sorted(asyncio.run(take())) == [9, 10, 11, 12]

@@ -43,7 +43,8 @@ class SessionConfig:
         (one Python thread each); 0 = one per core on the CPU, 1 on CUDA. On CPUs several
         single-threaded streams beat one multi-threaded one: a decoder step's matrices are
         small, and intra-op threads spend much of each step waiting for each other
-        (docs/benchmarks.md: 1.05x to 1.4x on 2 cores).
+        (docs/benchmarks.md: 1.05x to 1.3x at batch 32 on 2 cores; for one fp32 row, where
+        there is nothing to split, two threads on the one stream are faster).
     intra_op_threads: threads inside one operator; 0 = the cores divided among the streams.
     inter_op_threads: operators run in parallel; decoder graphs are a chain, so 1.
     spinning: let idle intra-op threads spin. Off: the Python decode loop leaves gaps between

@@ -15,6 +15,11 @@ Timing: one warm-up pass, then `timed_reps` passes; the median is reported with 
 Around each pass the CPU time of other processes is read from /proc/stat; a pass during which
 they used more than a fifth of one core is repeated (up to 3 times) and flagged if still disturbed.
 
+On a GPU (`--device cuda`) the engines are the PyTorch reference on CUDA and our runtime on the
+CUDA provider at fp32, fp16 and int8, each with its key/value cache kept on the GPU through I/O
+binding and, for comparison, copied through host memory at every step (SessionConfig.device_cache).
+CTranslate2 is CPU-only here: its CUDA build needs CUDA 12.
+
 Results: printed as a table, and written as JSON (bench/results/latest.json by default) with,
 for each arch, engine and mode, tokens/s and the ratios to the PyTorch reference and to
 CTranslate2 at the same precision.
@@ -23,6 +28,7 @@ CTranslate2 at the same precision.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -41,11 +47,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = ROOT.parent / "shared" / "bench" / "workload.toml"
 ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-int8", "ctranslate2-fp32", "ctranslate2-int8"]
+CUDA_ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 # CTranslate2 is timed in each of these settings (back-end, intra-op threads) and reported at its
 # best per mode: its default 2-thread MKL setting is far from its best on these machines.
 CT2_SETTINGS = [("mkl", 2), ("onednn", 2), ("mkl", 1), ("onednn", 1)]
 # Our runtime likewise, within the same 2-thread budget: (streams, intra-op threads per stream).
 ORT_SETTINGS = [(1, 2), (2, 1)]
+# On CUDA: where the key/value cache lives between steps (the I/O binding lever, measured).
+ORT_CUDA_SETTINGS = {"device cache": True, "host cache": False}
 DISTURBED_CORE_SHARE = 0.2
 
 
@@ -64,8 +73,13 @@ def workload_sources(workload: dict, eos_id: int, first_regular_id: int = 4) -> 
 
 
 # --- preparing the models -------------------------------------------------------------------
-def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path) -> Path:
-    """Checkpoint and exported versions (fp32, int8) of the arch's random model, built once."""
+def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path, tokenizer_path: Path | None = None,
+                 precisions: tuple[str, ...] = ("fp32", "int8")) -> Path:
+    """Checkpoint and exported versions (`precisions`) of the arch's random model, built once.
+
+    The tokenizer is trained on `tokenizer_corpus` unless a trained one is given; the workload
+    never uses it, but a checkpoint carries one. The corpus's first pairs feed the parity gate.
+    """
     import torch
 
     from export.cli import export_version
@@ -78,24 +92,29 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path)
     # Keyed by the export code too: a change to the graphs or the quantizer rebuilds the versions.
     export_code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").glob("*.py"))))
     arch_dir = cache / f"{arch}-v{workload['version']}-{export_code.hexdigest()[:10]}"
-    if (arch_dir / "ready").exists():
-        return arch_dir
-    spec = workload["archs"][arch]
-    pairs, _ = read_tsv(tokenizer_corpus)
-    tokenizer = Tokenizer.train((t for pair in pairs for t in pair), vocab_size=workload["vocab"]["size"])
-    torch.manual_seed(spec["model_seed"])
-    config = ModelConfig(vocab_size=workload["vocab"]["size"], d_model=spec["d_model"], heads=spec["heads"],
-                         ffn=spec["ffn"], encoder_layers=spec["encoder_layers"],
-                         decoder_layers=spec["decoder_layers"], dropout=0.0)
-    model = Transformer(config).eval()
-    save_checkpoint(arch_dir / "checkpoint", model, tokenizer, {"source_lang": "en", "target_lang": "es"})
-    for precision in ("fp32", "int8"):
-        print(f"[{arch}] exporting {precision}", file=sys.stderr, flush=True)
-        version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", precision, pairs[:16],
-                                             precision=precision, beam_sizes=(1,))
-        if version_dir is None:
-            raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report['failures']}")
-    (arch_dir / "ready").touch()
+    arch_dir.mkdir(parents=True, exist_ok=True)
+    with open(arch_dir / ".lock", "w") as lock:  # another run building the same models waits for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [p for p in precisions if not (arch_dir / "models" / p / "1" / "manifest.json").exists()]
+        if not missing:
+            return arch_dir
+        spec = workload["archs"][arch]
+        pairs, _ = read_tsv(tokenizer_corpus)
+        if not (arch_dir / "checkpoint").exists():
+            tokenizer = (Tokenizer.load(tokenizer_path) if tokenizer_path else
+                         Tokenizer.train((t for pair in pairs for t in pair), vocab_size=workload["vocab"]["size"]))
+            torch.manual_seed(spec["model_seed"])
+            config = ModelConfig(vocab_size=workload["vocab"]["size"], d_model=spec["d_model"], heads=spec["heads"],
+                                 ffn=spec["ffn"], encoder_layers=spec["encoder_layers"],
+                                 decoder_layers=spec["decoder_layers"], dropout=0.0)
+            model = Transformer(config).eval()
+            save_checkpoint(arch_dir / "checkpoint", model, tokenizer, {"source_lang": "en", "target_lang": "es"})
+        for precision in missing:
+            print(f"[{arch}] exporting {precision}", file=sys.stderr, flush=True)
+            version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", precision, pairs[:16],
+                                                 precision=precision, beam_sizes=(1,))
+            if version_dir is None:
+                raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report['failures']}")
     return arch_dir
 
 
@@ -157,9 +176,9 @@ def peak_rss_mb() -> float:
 
 
 # --- engines (each built inside its worker process) -----------------------------------------
-def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int],
-                   streams: int = 1) -> Callable[[list[list[int]], int, int], None]:
-    """A function decoding a batch of source ids with `engine` to exactly `length` tokens."""
+def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], streams: int = 1, device: str = "cpu",
+                   device_cache: bool | None = None) -> Callable[[list[list[int]], int, int], None]:
+    """A function decoding a batch of source ids with `engine` on `device` to exactly `length` tokens."""
     intra, inter = threads
     if engine == "pytorch":
         import torch
@@ -171,10 +190,11 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int],
 
         torch.set_num_threads(intra)
         torch.set_num_interop_threads(inter)
-        model = load_checkpoint(arch_dir / "checkpoint").model
+        model = load_checkpoint(arch_dir / "checkpoint").model.to(device)
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
-            hyps = translate_ids(model, pad(batch), DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            options = DecodeOptions(beam_size=beam, min_length=length, max_length=length)
+            hyps = translate_ids(model, pad(batch).to(device), options)
             assert all(len(h[0].tokens) == length for h in hyps)
         return decode
     if engine.startswith("onnxruntime-"):
@@ -185,8 +205,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int],
 
         precision = engine.split("-")[1]
         graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
-                            SessionConfig(device="cpu", streams=streams, intra_op_threads=intra,
-                                          inter_op_threads=inter))
+                            SessionConfig(device=device, streams=streams, intra_op_threads=intra,
+                                          inter_op_threads=inter, device_cache=device_cache))
         from server.translator import pad_ids
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
@@ -219,7 +239,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int],
 def worker(args: argparse.Namespace) -> None:
     workload = load_workload(args.workload)
     decode = engine_decoder(args.engine, args.arch_dir, (args.threads or workload["threads"]["intra_op"],
-                                                         workload["threads"]["inter_op"]), args.streams)
+                                                         workload["threads"]["inter_op"]), args.streams,
+                            args.device, {"on": True, "off": False, "auto": None}[args.device_cache])
     sources = workload_sources(workload, eos_id=3)
     results = {}
     for mode in workload["modes"]:
@@ -231,12 +252,14 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- the report -----------------------------------------------------------------------------
 def run_worker(engine: str, arch: str, arch_dir: Path, workload: Path, threads: int | None = None,
-               env: dict[str, str] | None = None, streams: int = 1) -> dict:
+               env: dict[str, str] | None = None, streams: int = 1, device: str = "cpu",
+               device_cache: str = "auto") -> dict:
     """Time one engine in a fresh process; its figures, or {"error": ...}."""
-    print(f"[{arch}] {engine} {env or ''} {threads or ''} {f'{streams} streams' if streams > 1 else ''}",
-          file=sys.stderr, flush=True)
+    print(f"[{arch}] {engine} on {device} {env or ''} {threads or ''} {f'{streams} streams' if streams > 1 else ''}"
+          f"{'' if device_cache == 'auto' else f'device cache {device_cache}'}", file=sys.stderr, flush=True)
     command = [sys.executable, __file__, "worker", "--engine", engine, "--arch-dir", str(arch_dir),
-               "--workload", str(workload), "--streams", str(streams)] + (["--threads", str(threads)] if threads else [])
+               "--workload", str(workload), "--streams", str(streams), "--device", device,
+               "--device-cache", device_cache] + (["--threads", str(threads)] if threads else [])
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         print(f"  failed: {proc.stderr.strip()[-2000:]}", file=sys.stderr)
@@ -258,7 +281,16 @@ def best_variant(variants: dict[str, dict]) -> dict:
     return best
 
 
-def machine() -> dict:
+def gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine(device: str = "cpu") -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -271,7 +303,7 @@ def machine() -> dict:
         except PackageNotFoundError:
             libraries[name] = None
     return {"cpu": cpu, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags], "libraries": libraries,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "device": device, "gpu": gpu_name() if device == "cuda" else None}
 
 
 def ratios(results: dict) -> None:
@@ -294,14 +326,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     w = sub.add_parser("worker", help="(internal) time one engine")
-    w.add_argument("--engine", required=True, choices=ENGINES)
+    w.add_argument("--engine", required=True, choices=sorted(set(ENGINES + CUDA_ENGINES)))
     w.add_argument("--arch-dir", type=Path, required=True)
     w.add_argument("--workload", type=Path, default=WORKLOAD)
     w.add_argument("--threads", type=int, help="intra-op threads (default: the workload's)")
     w.add_argument("--streams", type=int, default=1, help="onnxruntime: parts of a batch decoded at once")
+    w.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    w.add_argument("--device-cache", choices=("auto", "on", "off"), default="auto",
+                   help="onnxruntime: keep the key/value cache on the device between steps")
     p.add_argument("--workload", type=Path, default=WORKLOAD)
     p.add_argument("--archs", nargs="*", default=["small", "base"])
-    p.add_argument("--engines", nargs="*", default=ENGINES, choices=ENGINES)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the PyTorch reference and our runtime on the GPU (engines: CUDA_ENGINES)")
+    p.add_argument("--engines", nargs="*", choices=sorted(set(ENGINES + CUDA_ENGINES)),
+                   help=f"default: {' '.join(ENGINES)} (cpu), {' '.join(CUDA_ENGINES)} (cuda)")
+    p.add_argument("--tokenizer", type=Path, help="a trained tokenizer for the random models, instead of "
+                                                   "training one on --tokenizer-corpus")
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache", help="random models and their exports")
     p.add_argument("--tokenizer-corpus", type=Path, default=ROOT / "data" / "en-es" / "train.tsv",
                    help="TSV to train the models' (unused by the workload, but exported) tokenizer on")
@@ -311,12 +351,21 @@ def main() -> None:
         worker(args)
         return
     workload = load_workload(args.workload)
+    engines = args.engines or (CUDA_ENGINES if args.device == "cuda" else ENGINES)
+    precisions = tuple(p for p in ("fp32", "fp16", "int8") if f"onnxruntime-{p}" in engines)
     results: dict = {}
     for arch in args.archs:
-        arch_dir = prepare_arch(workload, arch, args.cache, args.tokenizer_corpus)
+        arch_dir = prepare_arch(workload, arch, args.cache, args.tokenizer_corpus, args.tokenizer, precisions)
         results[arch] = {}
-        for engine in args.engines:
-            if engine.startswith("ctranslate2-"):
+        for engine in engines:
+            if args.device == "cuda" and engine.startswith("onnxruntime-"):
+                variants = {name: run_worker(engine, arch, arch_dir, args.workload, device="cuda",
+                                             device_cache="on" if on else "off")
+                            for name, on in ORT_CUDA_SETTINGS.items()}
+                results[arch][engine] = best_variant(variants)
+            elif args.device == "cuda":
+                results[arch][engine] = run_worker(engine, arch, arch_dir, args.workload, device="cuda")
+            elif engine.startswith("ctranslate2-"):
                 variants = {f"{backend}, {threads} thread{'s' * (threads > 1)}":
                             run_worker(engine, arch, arch_dir, args.workload, threads,
                                        {"CT2_USE_MKL": "1" if backend == "mkl" else "0"})
@@ -330,7 +379,7 @@ def main() -> None:
             else:
                 results[arch][engine] = run_worker(engine, arch, arch_dir, args.workload)
     ratios(results)
-    report = {"workload": str(args.workload), "workload_version": workload["version"], "machine": machine(),
+    report = {"workload": str(args.workload), "workload_version": workload["version"], "machine": machine(args.device),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -338,7 +387,8 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"{report['machine']['cpu']} ({', '.join(report['machine']['isa'])})")
+    print(f"{report['machine']['cpu']} ({', '.join(report['machine']['isa'])})"
+          + (f", GPU {report['machine']['gpu']}" if report["machine"].get("gpu") else ""))
     print(f"{'arch':6} {'engine':18} {'mode':11} {'tok/s':>8} {'ms/sent':>8} {'vs torch':>8} {'vs ct2':>7} {'RSS MB':>7}")
     for arch, engines in report["results"].items():
         for engine, modes in engines.items():

@@ -9,8 +9,9 @@ so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary
 
 - Every sentence has its own output budget, so its translation never depends on its batch.
 - Finished sentences leave the batch: their rows stop costing compute.
-- The key/value cache is one (B, H, P, Dh) array per layer; beams reorder its rows once per
-  step, finished sentences' rows are dropped.
+- The key/value cache is one (B, H, P, Dh) tensor per layer, kept where the graphs run
+  (server/graphs.py); beams reorder its rows once per step and finished sentences' rows are
+  dropped, both through `graphs.rows`.
 - A sentence whose caller has gone (`abandoned`, asked once per step) leaves the batch the same
   way, so a cancelled or expired request stops costing compute mid-batch.
 - With several streams (SessionConfig.streams) a batch is cut into that many consecutive
@@ -27,7 +28,7 @@ from itertools import pairwise
 import numpy as np
 
 from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
-from server.graphs import Cache, OnnxGraphs
+from server.graphs import OnnxGraphs
 
 Abandoned = Callable[[int], bool]  # sentence index in the batch -> nobody waits for it any more
 
@@ -68,11 +69,6 @@ def _decode(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
     return _beam(graphs, source_ids, options, abandoned)
 
 
-def _rows(index, cache: Cache) -> Cache:
-    """The cache of the batch rows `index` (a list or array of row numbers), in that order."""
-    return [a[index] for a in cache]
-
-
 def _limits(graphs: OnnxGraphs, source_mask: np.ndarray, options: DecodeOptions) -> list[int]:
     return [options.target_limit(int(n), graphs.config.max_positions) for n in source_mask.sum(axis=1)]
 
@@ -109,7 +105,7 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
             if step < limits[sentence]:
                 keep.append(row)
         if len(keep) < len(active):
-            cross_k, cross_v, past_k, past_v = (_rows(keep, c) for c in (cross_k, cross_v, past_k, past_v))
+            cross_k, cross_v, past_k, past_v = graphs.rows(keep, cross_k, cross_v, past_k, past_v)
             source_mask, best = source_mask[keep], best[keep]
             active = [active[r] for r in keep]
         tokens = best[:, None].astype(np.int64)
@@ -145,7 +141,7 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
     limits = _limits(graphs, source_mask, options)
     # Every sentence's cross-attention cache is repeated for its K beams once, up front.
     beam_rows = np.repeat(np.arange(batch), k)
-    cross_k, cross_v = (_rows(beam_rows, c) for c in graphs.encode(source_ids))
+    cross_k, cross_v = graphs.rows(beam_rows, *graphs.encode(source_ids))
     source_mask = source_mask[beam_rows]
     past_k, past_v = graphs.empty_cache(batch * k)
     tokens = np.full((batch * k, 1), c.bos_id, dtype=np.int64)
@@ -169,10 +165,11 @@ def _beam(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
             decision = decision.without(leaving, k)
         if not decision.kept:
             break
-        past_k, past_v = _rows(decision.origins, out.keys), _rows(decision.origins, out.values)
+        past_k, past_v = graphs.rows(decision.origins, out.keys, out.values)
         if len(decision.kept) < n:
             rows = decision.kept_rows(k)
-            cross_k, cross_v, source_mask = _rows(rows, cross_k), _rows(rows, cross_v), source_mask[rows]
+            cross_k, cross_v = graphs.rows(rows, cross_k, cross_v)
+            source_mask = source_mask[rows]
             active = [active[i] for i in decision.kept]
         tokens = np.array(decision.tokens, dtype=np.int64)[:, None]
         beam_scores = np.array(decision.scores, dtype=np.float32).reshape(len(active), k)

@@ -36,6 +36,17 @@ TINY_MODEL_ARGS = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="where tests/test_runtime.py runs the graphs: cuda on a GPU machine (the suite "
+                          "itself needs none)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    return request.config.getoption("--device")
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A folder with train.tsv and valid.tsv (the same 32 pairs: the point is memorising them)."""

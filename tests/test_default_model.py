@@ -31,9 +31,9 @@ def test_the_committed_checkpoint_is_the_exported_model():
     assert checkpoint.info["step"] == manifest.source_checkpoint["step"]
 
 
-def test_the_server_would_accept_it_and_it_translates():
+def test_the_server_would_accept_it_and_it_translates(device):
     """What `make serve` loads: the registry's default, through the reload gate's probes."""
-    registry = ModelRegistry(REPOSITORY, SessionConfig(device="cpu"))
+    registry = ModelRegistry(REPOSITORY, SessionConfig(device=device))
     registry.load()
     version = registry.get()
     assert (version.name, version.version) == ("en-es", 1)

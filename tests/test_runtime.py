@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from model.checkpoint import load_checkpoint
@@ -22,9 +23,12 @@ from tests.builders import tiny_pairs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def translator(tiny_version) -> Translator:
-    return Translator(tiny_version, SessionConfig(device="cpu"))
+@pytest.fixture(scope="module", params=["host cache", "device cache"])
+def translator(request, tiny_version, device) -> Translator:
+    """Every decoding test runs twice: with the key/value cache in numpy arrays, and kept in
+    ONNX Runtime values through I/O binding (the CUDA default; on the CPU here it runs the same
+    code, so the suite covers it without a GPU). `pytest --device cuda` runs them on a GPU."""
+    return Translator(tiny_version, SessionConfig(device=device, device_cache=request.param == "device cache"))
 
 
 def test_the_runtime_never_imports_torch():
@@ -83,13 +87,13 @@ class StepCounter:
     streams = 1
 
     def __init__(self, graphs) -> None:
-        self.graphs, self.rows = graphs, []
+        self.graphs, self.step_rows = graphs, []
 
     def __getattr__(self, name):
         return getattr(self.graphs, name)
 
     def step(self, tokens, *args):
-        self.rows.append(tokens.shape[0])
+        self.step_rows.append(tokens.shape[0])
         return self.graphs.step(tokens, *args)
 
 
@@ -102,7 +106,7 @@ def test_abandoned_sentences_leave_the_batch_and_the_others_are_unchanged(transl
         counter = StepCounter(translator.graphs)
 
         def abandoned(sentence: int) -> bool:
-            return sentence == 1 and len(counter.rows) > 2
+            return sentence == 1 and len(counter.step_rows) > 2
 
         out = translate_ids(counter, ids, options, abandoned=abandoned)
         assert out[1] == []
@@ -110,7 +114,7 @@ def test_abandoned_sentences_leave_the_batch_and_the_others_are_unchanged(transl
             assert [h.tokens for h in out[i]] == [h.tokens for h in expected[i]]
             assert [h.score for h in out[i]] == pytest.approx([h.score for h in expected[i]], abs=1e-5)
         # Three sentences for three steps, then two: nothing was computed for sentence 1 after it went.
-        assert counter.rows == [3 * beam] * 3 + [2 * beam] * 5
+        assert counter.step_rows == [3 * beam] * 3 + [2 * beam] * 5
 
 
 def test_streams_split_a_batch_without_changing_any_translation(tiny_version):
@@ -139,8 +143,33 @@ def test_over_long_input_is_rejected_and_empty_batch_is_empty(translator):
     assert translate_ids(translator.graphs, np.zeros((0, 3), dtype=np.int64), DecodeOptions()) == []
 
 
-def test_cpu_device_runs_on_the_cpu_provider(translator):
-    assert translator.provider == "CPUExecutionProvider"
+def test_the_chosen_device_runs_the_graphs(translator, device):
+    assert translator.provider == {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
+
+
+def test_the_cache_is_kept_on_the_device_by_default_on_cuda_only(tiny_version, device):
+    graphs = Translator(tiny_version, SessionConfig(device=device)).graphs
+    assert graphs.device_cache == (device == "cuda")
+
+
+def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version, device):
+    """Encoder outputs, each step's cache and reordered rows stay device values; only the best
+    tokens come back as host arrays. Reordered rows hold exactly the rows asked for."""
+    translator = Translator(tiny_version, SessionConfig(device=device, device_cache=True))
+    graphs = translator.graphs
+    source = pad_ids(translator.encode(["The cat.", "The old red house.", "The dog."]), 0)
+    cross_k, cross_v = graphs.encode(source)
+    past_k, past_v = graphs.empty_cache(3)
+    out = graphs.step(np.full((3, 1), 1, dtype=np.int64), cross_k, cross_v, source != 0, past_k, past_v, True)
+    assert isinstance(out.top_ids, np.ndarray) and out.top_ids.shape[0] == 3
+    for value in (*cross_k, *cross_v, *out.keys, *out.values):
+        assert isinstance(value, ort.OrtValue) and value.device_name() == device
+    order = [2, 0, 0]
+    keys, values = graphs.rows(order, out.keys, out.values)
+    for before, after in zip([*out.keys, *out.values], [*keys, *values]):
+        assert after.device_name() == device
+        assert np.array_equal(after.numpy(), before.numpy()[order])
+    assert graphs.rows([0, 1, 2], out.keys) == (out.keys,)  # nothing moved, nothing copied
 
 
 def test_cuda_unavailable_falls_back_with_one_clear_line(tiny_version, caplog, monkeypatch):

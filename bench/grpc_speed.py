@@ -6,7 +6,7 @@
 The texts are the first `--texts` sources of the test split (`make data` writes it). First the
 runtime translates them in-process in batches of `--batch` (the ceiling: no network, no
 protobuf, perfect length grouping). Then a real `rosetta-serve` process serves the same
-model version with the same threads, and for each client count that many concurrent clients
+model version on the same cores, and for each client count that many concurrent clients
 (coroutines on one grpc.aio channel each) send one `Translate` call per text until all are
 done; the server's dynamic batching gathers them. Meanwhile a probe asks the health service
 every 50 ms (the event loop must stay free while batches decode). Reported per client count:
@@ -65,11 +65,11 @@ def in_process(version_dir: Path, texts: list[str], *, threads: int, batch: int,
 class ServerProcess:
     """`rosetta-serve` on a free port; how long it took to serve, and its memory."""
 
-    def __init__(self, repository: Path, threads: int) -> None:
+    def __init__(self, repository: Path, threads: int, extra: list[str] = ()) -> None:
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0",
-             "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads), "--log-level", "warning"],
+             "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads), "--log-level", "warning", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
@@ -153,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=256, help="texts per pass")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--batch", type=int, default=32, help="in-process batch size")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads, both sides")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads, both sides (default 0: each side's own default for these cores: "
+                             "in-process one single-threaded stream per core, the server one per concurrent batch)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "grpc-latest.json")
+    parser.add_argument("--server-args", default="", help="more rosetta-serve flags, e.g. '--streams 1'")
     args = parser.parse_args(argv)
 
     if not args.test.exists():
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in-process: {len(texts)} texts, batch {args.batch}, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads",
           file=sys.stderr)
     baseline = in_process(version_dir, texts, threads=args.threads, batch=args.batch, repeats=args.repeats)
-    server = ServerProcess(args.repository, args.threads)
+    server = ServerProcess(args.repository, args.threads, args.server_args.split())
     rows = []
     try:
         for clients in args.clients:
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "model": str(version_dir.relative_to(args.repository)), "texts": len(texts), "beam_size": DEFAULT_BEAM_SIZE,
-        "threads": args.threads, "in_process_batch": args.batch, "in_process_texts_per_s": baseline,
+        "threads": args.threads, "server_args": args.server_args, "in_process_batch": args.batch,
+        "in_process_texts_per_s": baseline,
         "seconds_to_serving": server.seconds_to_serving, **memory, "service": rows,
         "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                                  if line.startswith("model name")), platform.processor()),

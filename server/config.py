@@ -23,8 +23,8 @@ class ServerConfig:
     repository: Path = Path("models")  # model repository: <repository>/<name>/<version>/
     default_model: str = ""  # model for requests that name none; empty: en-es if present, else the first by name
     device: str = "auto"  # auto (CUDA when usable, else CPU), cuda or cpu
-    streams: int = 0  # parts of a batch decoded at once; 0 = one per core on the CPU, 1 on CUDA
-    threads: int = 0  # intra-op threads per session; 0 = the cores divided among the streams
+    streams: int = 0  # parts of a batch decoded at once; 0 = cores / concurrent batches on the CPU, 1 on CUDA
+    threads: int = 0  # intra-op threads per session; 0 = the cores left to each stream
     max_batch_sentences: int = 64  # sentences decoded together at most
     max_wait_ms: float = 5.0  # how long a batch waits for more requests to join it
     concurrent_batches: int = 2  # batches decoded at the same time (the queue is shared among them)
@@ -88,8 +88,9 @@ HELP = {
     "repository": "model repository: <repository>/<name>/<version>/",
     "default_model": "model for requests that name none (default: en-es if present, else the first by name)",
     "device": "auto (CUDA when usable, else CPU), cuda or cpu",
-    "streams": "parts of a batch decoded at once, one thread each (0: one per core on the CPU, 1 on CUDA)",
-    "threads": "intra-op threads per ONNX Runtime session (0: the cores divided among the streams)",
+    "streams": "parts of a batch decoded at once, one thread each (0: the cores divided among the concurrent "
+               "batches on the CPU, 1 on CUDA)",
+    "threads": "intra-op threads per ONNX Runtime session (0: the cores left to each stream)",
     "max_batch_sentences": "sentences decoded together at most",
     "max_wait_ms": "how long a batch waits for more requests to join it",
     "concurrent_batches": "batches decoded at the same time; waiting requests are shared among them by length",

@@ -56,7 +56,8 @@ async def serve(config: ServerConfig) -> int:
     for name in ("", SERVICE):
         await health_servicer.set(name, NOT_SERVING)
     reflection.enable_server_reflection([SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    sessions = SessionConfig(device=config.device, streams=config.streams, intra_op_threads=config.threads)
+    sessions = SessionConfig(device=config.device, streams=config.streams, intra_op_threads=config.threads,
+                             concurrent_batches=config.concurrent_batches)
     registry = ModelRegistry(config.repository, sessions, config.default_model)
     batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
                       max_queue_sentences=config.max_queue_sentences, workers=config.concurrent_batches)

@@ -335,7 +335,8 @@ def test_compose_servers_are_healthchecked_limited_and_drained(compose):
         assert service["restart"] == "unless-stopped"
         assert seconds(service["stop_grace_period"]) > config.grace_seconds, f"{name}: SIGKILL before the drain ends"
         limits = service["deploy"]["resources"]["limits"]
-        assert limits["memory"] and float(limits["cpus"]) == config.streams * config.threads, name
+        threads = config.concurrent_batches * config.streams * config.threads  # each decoding thread gets a cpu
+        assert limits["memory"] and float(limits["cpus"]) == threads, name
         assert volume_at(service, str(config.repository)) == ("models", PurePosixPath(".")), name
     for name in ("server", "server-gpu"):
         config = assert_server_environment(service_command(servers[name]), servers[name]["environment"])
@@ -467,7 +468,7 @@ def test_k8s_cpu_server_threads_fit_its_cpu_limit_and_the_hpa_scales_it(k8s):
     server = container(deployment)
     config = assert_server_environment(server["command"] + server["args"], {e["name"]: e["value"] for e in server["env"]})
     assert config.device == "cpu"
-    assert float(server["resources"]["limits"]["cpu"]) == config.streams * config.threads
+    assert float(server["resources"]["limits"]["cpu"]) == config.concurrent_batches * config.streams * config.threads
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     hpa = k8s["HorizontalPodAutoscaler", "rosetta-server"]
     assert hpa["apiVersion"] == "autoscaling/v2"

@@ -17,6 +17,7 @@ set -u
 RESULTS=${1:-bench/results/cuda}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
+MODEL=models/en-es/$(ls models/en-es | sort -n | tail -n 1)  # the newest committed version
 mkdir -p "$RESULTS"
 failed=()
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
@@ -40,11 +41,11 @@ step "default model: held-out translations, $DEVICE against cpu"
 "$PY" -c "
 import json
 from model.tsv import write_tsv
-pairs = json.load(open('models/en-es/1/probes.json'))['heldout']['pairs']
+pairs = json.load(open('$MODEL/probes.json'))['heldout']['pairs']
 write_tsv('$RESULTS/heldout.tsv', [tuple(p) for p in pairs])"
 for beam in 1 4; do
   for device in cpu "$DEVICE"; do
-    check "$PY" -m export.evaluate --model models/en-es/1 --test "$RESULTS/heldout.tsv" --beam $beam \
+    check "$PY" -m export.evaluate --model "$MODEL" --test "$RESULTS/heldout.tsv" --beam $beam \
       --device $device --output "$RESULTS/heldout-$device-beam$beam.txt"
   done
   same=$(paste -d '\t' "$RESULTS/heldout-cpu-beam$beam.txt" "$RESULTS/heldout-$DEVICE-beam$beam.txt" \
@@ -72,7 +73,7 @@ kill -TERM $server 2>/dev/null; wait $server; echo "server exit code $?"
 step "decode speed on $DEVICE"
 # The random models need a tokenizer (unused by the workload): the default model's, so that no corpus is needed.
 check "$PY" bench/decode_speed.py --device "$DEVICE" --out "$RESULTS/decode_speed.json" \
-  --tokenizer models/en-es/1/tokenizer.model --tokenizer-corpus "$RESULTS/heldout.tsv" ${BENCH_ARGS:-}
+  --tokenizer "$MODEL/tokenizer.model" --tokenizer-corpus "$RESULTS/heldout.tsv" ${BENCH_ARGS:-}
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi

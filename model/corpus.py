@@ -1,12 +1,18 @@
 """The default English-Spanish corpus and its deterministic train/valid/test split.
 
-Two domains: Bible verses (World English Bible -> Reina-Valera 1909, modern orthography) and
-LibreOffice help paragraphs. Neither split is random by line, because neighbouring lines are
-near-duplicates that would leak into the test set:
+Three domains: Bible verses (World English Bible -> Reina-Valera 1909, modern orthography),
+LibreOffice help paragraphs, and everyday phrases (data/phrases/en-es.tsv, written for this
+project: greetings, questions, travel, shopping... which the other two lack). Neither big
+corpus is split randomly by line, because neighbouring lines are near-duplicates that would
+leak into the test set:
 - Bible: whole books go to valid or test (verses repeat across chapters of a book).
 - LibreOffice help: blocks of 50 consecutive paragraphs (about one help page) are assigned by a
   hash of the block number.
-Training pairs whose source sentence also occurs in valid or test are then dropped.
+- Phrases: each pair by a hash of its source.
+Training pairs whose source sentence also occurs in valid or test are then dropped. The phrases
+are few and short (about 0.3% of the training tokens once), so their training pairs are repeated
+PHRASES_REPEAT times. test.tsv and valid.tsv hold the Bible and LibreOffice help only, so that
+BLEU stays comparable across models; the phrases have their own valid and test files.
 
 `rosetta-prepare-data` writes data/en-es/{train,valid,test}.tsv and per-domain test/valid files.
 """
@@ -20,7 +26,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from model.tsv import write_tsv
+from model.tsv import read_tsv, write_tsv
 
 BIBLE_FILE = "en-es.refs.tsv.gz"
 LOHELP_FILE = "lohelp.en-es.tsv.gz"
@@ -29,6 +35,10 @@ VALID_BOOKS = frozenset({"Eccl", "Gal", "Jas"})
 LOHELP_BLOCK = 50
 LOHELP_TEST_PERCENT = 4
 LOHELP_VALID_PERCENT = 3
+PHRASES_FILE = Path("data/phrases/en-es.tsv")
+PHRASES_TEST_PERCENT = 10
+PHRASES_VALID_PERCENT = 5
+PHRASES_REPEAT = 8
 
 Pairs = list[tuple[str, str]]
 
@@ -75,26 +85,40 @@ def split_lohelp(path: Path) -> dict[str, Pairs]:
     return splits
 
 
+def split_phrases(path: Path) -> dict[str, Pairs]:
+    """Everyday phrase pairs by split, assigned by a hash of the source."""
+    splits: dict[str, Pairs] = {"train": [], "valid": [], "test": []}
+    for en, es in read_tsv(path, strict=True)[0]:
+        bucket = int(hashlib.sha256(f"phrase-{en}".encode()).hexdigest(), 16) % 100
+        split = ("test" if bucket < PHRASES_TEST_PERCENT else
+                 "valid" if bucket < PHRASES_TEST_PERCENT + PHRASES_VALID_PERCENT else "train")
+        splits[split].append((en, es))
+    return splits
+
+
 def drop_overlap(train: Pairs, held_out: Pairs) -> Pairs:
     """Training pairs whose source does not occur (case-insensitively) in the held-out pairs."""
     seen = {en.lower() for en, _ in held_out}
     return [(en, es) for en, es in train if en.lower() not in seen]
 
 
-def prepare(corpus_dir: Path, out_dir: Path) -> dict[str, int]:
+def prepare(corpus_dir: Path, out_dir: Path, phrases: Path = PHRASES_FILE) -> dict[str, int]:
     """Write the split files; return the number of pairs in each."""
     bible = split_bible(corpus_dir / BIBLE_FILE)
     lohelp = split_lohelp(corpus_dir / LOHELP_FILE)
+    everyday = split_phrases(phrases)
     out_dir.mkdir(parents=True, exist_ok=True)
-    held_out = bible["valid"] + bible["test"] + lohelp["valid"] + lohelp["test"]
+    held_out = [pair for domain in (bible, lohelp, everyday) for split in ("valid", "test") for pair in domain[split]]
     files = {
-        "train.tsv": drop_overlap(bible["train"] + lohelp["train"], held_out),
+        "train.tsv": drop_overlap(bible["train"] + lohelp["train"] + everyday["train"] * PHRASES_REPEAT, held_out),
         "valid.tsv": bible["valid"] + lohelp["valid"],
         "test.tsv": bible["test"] + lohelp["test"],
         "valid.bible.tsv": bible["valid"],
         "valid.lohelp.tsv": lohelp["valid"],
+        "valid.phrases.tsv": everyday["valid"],
         "test.bible.tsv": bible["test"],
         "test.lohelp.tsv": lohelp["test"],
+        "test.phrases.tsv": everyday["test"],
     }
     for name, pairs in files.items():
         write_tsv(out_dir / name, pairs)
@@ -105,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Split the default English-Spanish corpus into train/valid/test TSV files.")
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="folder holding the gzipped corpora")
     parser.add_argument("--out", type=Path, default=Path("data/en-es"), help="folder for the split TSV files")
+    parser.add_argument("--phrases", type=Path, default=PHRASES_FILE, help="everyday phrase pairs, TSV")
     args = parser.parse_args(argv)
-    counts = prepare(args.corpus, args.out)
+    counts = prepare(args.corpus, args.out, args.phrases)
     for name, n in counts.items():
         print(f"{args.out / name}: {n} pairs", file=sys.stderr)
     return 0

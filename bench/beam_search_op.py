@@ -1,7 +1,7 @@
 """ONNX Runtime's com.microsoft.BeamSearch operator against our Python decode loop (an experiment).
 
-    .venv/bin/python bench/beam_search_op.py            # full: correctness, then the timings below
-    .venv/bin/python bench/beam_search_op.py --quick    # smoke run: few sentences, one pass, no JSON
+    .venv/bin/python bench/beam_search_op.py [--arch base]   # full: correctness, then the timings below
+    .venv/bin/python bench/beam_search_op.py --quick         # smoke run: few sentences, one pass, no JSON
 
 Our decode loop (server/decoding.py) calls the encoder graph once and the decoder-step graph
 once per token from Python. The BeamSearch contrib operator runs the whole search inside one
@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from decode_speed import (ORT_SETTINGS, WORKLOAD, load_workload, machine,  # noqa: E402
-                          measure_mode, workload_sources)
+                          measure_mode, prepare_arch, workload_sources)
 
 from model.config import ModelConfig  # noqa: E402
 from model.decode_options import DecodeOptions  # noqa: E402
@@ -75,7 +75,6 @@ from server.repository import load_manifest  # noqa: E402
 from server.sessions import SessionConfig, create_session  # noqa: E402
 from server.translator import pad_ids  # noqa: E402
 
-DEFAULT_VERSION = Path("/work/main/bench/.cache/small-v1-0b9f3f4382/models/fp32/1")
 MODES = ("beam4_b32", "greedy_b1")
 CHECK_SENTENCES = 16
 QUICK_SENTENCES = {"beam4_b32": 16, "greedy_b1": 4}
@@ -351,14 +350,20 @@ def print_timings(timings: dict, quick: bool) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("version_dir", type=Path, nargs="?", default=DEFAULT_VERSION,
-                   help="an exported model version (encoder.onnx, decoder.onnx, manifest.json)")
+    p.add_argument("version_dir", type=Path, nargs="?",
+                   help="an exported model version (encoder.onnx, decoder.onnx, manifest.json); default: the "
+                        "workload's --arch model, fp32, as `make bench` exports it (built on first use)")
+    p.add_argument("--arch", choices=("small", "base"), default="small")
     p.add_argument("--workload", type=Path, default=WORKLOAD)
     p.add_argument("--quick", action="store_true", help="smoke run: few sentences, one pass, nothing written")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "beam_search_op.json")
+    p.add_argument("--out", type=Path, help="default: bench/results/beam_search_op-<arch>.json")
     args = p.parse_args()
 
     workload = load_workload(args.workload)
+    if args.version_dir is None:
+        arch_dir = prepare_arch(workload, args.arch, ROOT / "bench" / ".cache", ROOT / "data" / "en-es" / "train.tsv")
+        args.version_dir = arch_dir / "models" / "fp32" / "1"
+    args.out = args.out or ROOT / "bench" / "results" / f"beam_search_op-{args.arch}.json"
     length = workload["inputs"]["target_length"]
     modes = [m for m in workload["modes"] if m["name"] in MODES]
     if args.quick:

@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # (glibc does, then pays page faults again): about 1.5x faster CPU training. Used where installed.
 TCMALLOC := $(wildcard /lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: install test serve data train-default bench bench-grpc protos clean
+.PHONY: install test serve data train-default finetune-default bench bench-grpc protos clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ train-default: data
 	LD_PRELOAD=$(firstword $(TCMALLOC)) $(VENV)/bin/rosetta-train --train data/en-es/train.tsv \
 		--valid data/en-es/valid.tsv --out runs/en-es --vocab-size 8000 --lr 7e-4 --warmup-steps 800 \
 		--max-steps 12000 --eval-every 500 --save-every 100 --valid-bleu-sentences 400
+
+# Its second stage: a short fine-tune of the base run's best checkpoint on the same split, which
+# now holds the everyday phrases (docs/training.md); re-run it to resume.
+finetune-default: data
+	@test -d runs/en-es/best || { echo "runs/en-es/best is missing: run make train-default first"; exit 1; }
+	LD_PRELOAD=$(firstword $(TCMALLOC)) $(VENV)/bin/rosetta-train --init-from runs/en-es/best \
+		--train data/en-es/train.tsv --valid data/en-es/valid.tsv --out runs/en-es-phrases --lr 3e-4 \
+		--warmup-steps 100 --max-steps 600 --eval-every 200 --save-every 50 --valid-bleu-sentences 400
 
 # Decoding speed of every engine on ../shared/bench/workload.toml (docs/benchmarks.md).
 bench: data

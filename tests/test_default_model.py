@@ -7,7 +7,7 @@ from pathlib import Path
 from model.checkpoint import load_checkpoint
 from server.registry import ModelRegistry
 from server.reloader import gate
-from server.repository import load_manifest
+from server.repository import load_manifest, sha256_file
 from server.sessions import SessionConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,7 +16,7 @@ REPOSITORY = ROOT / "models"
 
 
 def test_the_served_version_verifies_and_passed_its_gate():
-    manifest = load_manifest(REPOSITORY / "en-es" / "1")  # every checksum
+    manifest = load_manifest(REPOSITORY / "en-es" / "2")  # every checksum
     assert (manifest.source_lang, manifest.target_lang) == ("en", "es")
     assert manifest.parity["passed"]
     beam = next(run for run in manifest.parity["translations"] if run["beam_size"] == 4)
@@ -25,10 +25,12 @@ def test_the_served_version_verifies_and_passed_its_gate():
 
 def test_the_committed_checkpoint_is_the_exported_model():
     checkpoint = load_checkpoint(CHECKPOINT)
-    manifest = load_manifest(REPOSITORY / "en-es" / "1")
+    manifest = load_manifest(REPOSITORY / "en-es" / "2")
     assert checkpoint.config == manifest.config
-    assert checkpoint.tokenizer.to_bytes() == (REPOSITORY / "en-es" / "1" / "tokenizer.model").read_bytes()
+    assert checkpoint.tokenizer.to_bytes() == (REPOSITORY / "en-es" / "2" / "tokenizer.model").read_bytes()
     assert checkpoint.info["step"] == manifest.source_checkpoint["step"]
+    # Exported from these very weights (stored in fp16), not from a copy that could drift.
+    assert sha256_file(CHECKPOINT / "model.safetensors") == manifest.source_checkpoint["sha256"]
 
 
 def test_the_server_would_accept_it_and_it_translates(device):
@@ -36,7 +38,7 @@ def test_the_server_would_accept_it_and_it_translates(device):
     registry = ModelRegistry(REPOSITORY, SessionConfig(device=device))
     registry.load()
     version = registry.get()
-    assert (version.name, version.version) == ("en-es", 1)
+    assert (version.name, version.version) == ("en-es", 2)
     assert gate(version, None, max_chrf_drop=1.0).startswith("probes identical")
     (translation,) = version.translator.translate(["Open the file."], beam_size=4)
     assert translation.strip() and translation != "Open the file."

@@ -153,6 +153,7 @@ def test_commands_not_run_name_real_targets_and_flags():
 
 
 FIRST_TRANSLATION = [
+    '.venv/bin/rosetta-translate "Hello, world"',
     '.venv/bin/rosetta-translate "Open the file and save your changes."',
     'echo "Open the file. Save it." | .venv/bin/rosetta-translate --beam 4 --n-best 2',
     ".venv/bin/rosetta-translate --file docs/examples/help.txt",
@@ -160,7 +161,7 @@ FIRST_TRANSLATION = [
 GRPCURL = [c for c in commands() if c.startswith("grpcurl")]
 RETRAIN = [c for c in commands() if c.startswith(("make data", ".venv/bin/rosetta-train", ".venv/bin/rosetta-export"))
            and c not in NOT_RUN]
-EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/1 --test data/en-es/test.tsv --beam 4"]
+EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/2 --test data/en-es/test.tsv --beam 4"]
 
 
 def spanish(text: str) -> bool:
@@ -168,15 +169,18 @@ def spanish(text: str) -> bool:
 
 
 def test_a_first_translation(checkout, served):
-    one = run(FIRST_TRANSLATION[0], checkout).strip()
+    """The issue's own check: a fresh clone, `make serve`, then "Hello, world" comes back in Spanish."""
+    hello = run(FIRST_TRANSLATION[0], checkout).strip()
+    assert "hola" in hello.lower() and "mundo" in hello.lower(), hello
+    one = run(FIRST_TRANSLATION[1], checkout).strip()
     assert spanish(one) and one != "Open the file and save your changes."
-    n_best = run(FIRST_TRANSLATION[1], checkout).strip().splitlines()
+    n_best = run(FIRST_TRANSLATION[2], checkout).strip().splitlines()
     assert len(n_best) == 2 and all(re.match(r"-?\d+\.\d+\t\S", line) for line in n_best)
-    lines = run(FIRST_TRANSLATION[2], checkout).strip().splitlines()
+    lines = run(FIRST_TRANSLATION[3], checkout).strip().splitlines()
     assert len(lines) == len((checkout / "docs/examples/help.txt").read_text().splitlines())
     (program,) = blocks("python")
     out = run([sys.executable, "-c", program], checkout).strip().splitlines()
-    assert spanish(out[0]) and "('en-es', 1, 'CPUExecutionProvider')" in out[2]
+    assert spanish(out[0]) and "('en-es', 2, 'CPUExecutionProvider')" in out[2]
 
 
 def test_the_grpcurl_calls(checkout, served):

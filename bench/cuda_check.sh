@@ -13,6 +13,7 @@
 # 5. bench/decode_speed.py --device cuda: the PyTorch reference and our runtime on the GPU.
 # Each step reports and the script goes on; it exits non-zero if any step failed.
 # DEVICE=cpu runs the same steps on the CPU: a dry run of the script on a machine without a GPU.
+# BENCH=0 leaves out step 5 (minutes), for a quick check of a new model or runtime change.
 set -u
 RESULTS=${1:-bench/results/cuda}
 PY=${PYTHON:-python3}
@@ -70,10 +71,13 @@ else
 fi
 kill -TERM $server 2>/dev/null; wait $server; echo "server exit code $?"
 
+if [ "${BENCH:-1}" = 0 ]; then echo; echo "decode speed: left out (BENCH=0)"
+else
 step "decode speed on $DEVICE"
 # The random models need a tokenizer (unused by the workload): the default model's, so that no corpus is needed.
 check "$PY" bench/decode_speed.py --device "$DEVICE" --out "$RESULTS/decode_speed.json" \
   --tokenizer "$MODEL/tokenizer.model" --tokenizer-corpus "$RESULTS/heldout.tsv" ${BENCH_ARGS:-}
+fi
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi

@@ -179,13 +179,14 @@ def peak_rss_mb() -> float:
 def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], streams: int = 1, device: str = "cpu",
                    device_cache: bool | None = None) -> Callable[[list[list[int]], int, int], None]:
     """A function decoding a batch of source ids with `engine` on `device` to exactly `length` tokens."""
+    from model.decode_options import DecodeOptions
+
     intra, inter = threads
     if engine == "pytorch":
         import torch
 
         from model.batching import pad
         from model.checkpoint import load_checkpoint
-        from model.decode_options import DecodeOptions
         from model.decoding import translate_ids
 
         torch.set_num_threads(intra)
@@ -198,20 +199,19 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
             assert all(len(h[0].tokens) == length for h in hyps)
         return decode
     if engine.startswith("onnxruntime-"):
-        from model.decode_options import DecodeOptions
-        from server.decoding import translate_ids
+        from server.decoding import translate_ids as onnx_translate_ids
         from server.graphs import OnnxGraphs
         from server.sessions import SessionConfig
+        from server.translator import pad_ids
 
         precision = engine.split("-")[1]
         graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
                             SessionConfig(device=device, streams=streams, intra_op_threads=intra,
                                           inter_op_threads=inter, device_cache=device_cache))
-        from server.translator import pad_ids
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
-            hyps = translate_ids(graphs, pad_ids(batch, graphs.config.pad_id),
-                                 DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            hyps = onnx_translate_ids(graphs, pad_ids(batch, graphs.config.pad_id),
+                                      DecodeOptions(beam_size=beam, min_length=length, max_length=length))
             assert all(len(h[0].tokens) == length for h in hyps)
         return decode
     if engine.startswith("ctranslate2-"):

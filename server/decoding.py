@@ -104,6 +104,8 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
             outputs[sentence].append(token)
             if step < limits[sentence]:
                 keep.append(row)
+        if not keep:
+            break
         if len(keep) < len(active):
             cross_k, cross_v, past_k, past_v = graphs.rows(keep, cross_k, cross_v, past_k, past_v)
             source_mask, best = source_mask[keep], best[keep]

@@ -43,7 +43,9 @@ class ModelInfo:
     target_lang: str
     precision: str
     execution_provider: str
-    state: str
+    state: str  # SERVING, STANDBY, AVAILABLE, LOADING or REJECTED (docs/lifecycle.md)
+    reason: str  # why it is in that state
+    default_version: bool  # what calls that pin no version get
 
 
 class TranslatorClient:
@@ -108,6 +110,9 @@ class TranslatorClient:
         return [r.translation for r in response.translations]
 
     def models(self) -> list[ModelInfo]:
+        """Every version of every model the server knows, with its state."""
         response = self._call(self._stub.ListModels, pb.ListModelsRequest())
-        return [ModelInfo(m.name, m.version, m.source_lang, m.target_lang, m.precision, m.execution_provider, m.state)
+        return [ModelInfo(m.name, m.version, m.source_lang, m.target_lang, m.precision, m.execution_provider,
+                          pb.VersionState.Name(m.version_state).removeprefix("VERSION_STATE_"), m.reason,
+                          m.default_version)
                 for m in response.models]

@@ -24,14 +24,18 @@ from dataclasses import dataclass, field
 
 from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
 from server.decoding import translate_ids
-from server.registry import LoadedVersion
+from server.gate import LoadedVersion
 from server.translator import pad_ids
 
 log = logging.getLogger("rosetta.batcher")
 
 
 class QueueFullError(Exception):
-    """The queue holds `max_queue_sentences` already."""
+    """The request does not fit in the queue now; it will once the queue drains."""
+
+
+class RequestTooLargeError(ValueError):
+    """The request has more sentences than the queue can ever hold."""
 
 
 class DeadlineExpiredError(Exception):
@@ -111,10 +115,17 @@ class Batcher:
 
     async def translate(self, version: LoadedVersion, ids: list[list[int]], options: DecodeOptions,
                         deadline: float | None = None) -> list[list[Hypothesis]]:
-        """Hypotheses for each sentence of `ids`. Raises QueueFullError or DeadlineExpiredError."""
+        """Hypotheses for each sentence of `ids`.
+
+        Raises RequestTooLargeError, QueueFullError or DeadlineExpiredError.
+        """
+        if len(ids) > self.max_queue_sentences:
+            raise RequestTooLargeError(f"the request has {len(ids)} sentences and the server queues at most "
+                                       f"{self.max_queue_sentences}: split it into smaller requests")
         if self._queued_sentences + len(ids) > self.max_queue_sentences:
-            raise QueueFullError(f"the server's queue is full ({self._queued_sentences} sentences waiting); "
-                                 "retry later")
+            raise QueueFullError(f"the server's queue is full: {self._queued_sentences} of "
+                                 f"{self.max_queue_sentences} sentences are waiting and the request has "
+                                 f"{len(ids)}; retry later")
         request = _Request(version, ids, options, asyncio.get_running_loop().create_future(), deadline)
         self._pending.append(request)
         self._queued_sentences += len(ids)

@@ -1,167 +1,234 @@
-"""The models a server serves: every model in the repository, its newest valid version loaded.
+"""The model versions a server knows, each in one state, and the one rule that promotes them.
 
-Requests name a model (or none: the default model) and optionally pin a version. A version
-that fails verification (checksums, manifest) is recorded as rejected with its reason, and
-the newest valid one serves instead. No torch here.
+Every version directory in the repository is in one state:
+
+    AVAILABLE --checked--> LOADING --> STANDBY (passed the gate) or REJECTED (with the reason)
+    STANDBY --advance--> SERVING --a newer version advances--> AVAILABLE (unloaded)
+
+A version answers calls only after it passed the gate (server/gate.py) in this process.
+Unpinned calls get the model's SERVING version. A pin of a version not loaded has it checked
+first (concurrent pins share one check); a pin of a rejected version is refused with the
+reason. Pinning never changes the SERVING version: only `advance` does.
+
+`advance` is the one promotion rule, for start-up and hot reload alike: the versions newer than
+the serving one, oldest first, each checked against the version serving at that moment; each
+that passes serves from then on. At start-up nothing serves yet, so the whole history is
+replayed, and a restarted server serves what the running server chose: a version rejected
+then is rejected again, for the same reason, without anything written to the repository (it
+may be mounted read-only). A version that cannot be checked at all is rejected, never retried
+in a loop, and blocks no other. No torch, no gRPC here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from server.repository import Manifest, ModelVersionError, load_manifest, versions
-from server.sessions import SessionConfig
-from server.translator import Translator
+from server.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
+from server.repository import versions
 
 log = logging.getLogger("rosetta.registry")
+
+
+class VersionState(enum.Enum):
+    AVAILABLE = "available"  # in the repository, not checked (or unloaded since a newer version replaced it)
+    LOADING = "loading"  # being loaded and checked
+    SERVING = "serving"  # passed; what unpinned calls get
+    STANDBY = "standby"  # passed and loaded; answers pins
+    REJECTED = "rejected"  # failed the gate
+
+
+@dataclass
+class VersionEntry:
+    state: VersionState = VersionState.AVAILABLE
+    reason: str = ""
+    loaded: LoadedVersion | None = None
+    compared_with: int = 0  # the SERVING version its quality was compared against (0: none)
 
 
 class ModelNotFoundError(LookupError):
     """No such model, or no such version of it."""
 
 
-class VersionNotLoadedError(LookupError):
-    """The version is in the repository but not loaded: `ModelRegistry.resolve` loads it."""
+class VersionRejectedError(LookupError):
+    """The pinned version failed the gate."""
 
-    def __init__(self, name: str, version: int) -> None:
-        super().__init__(f"{name} version {version} is not loaded")
-        self.name, self.version = name, version
+    def __init__(self, name: str, version: int, reason: str) -> None:
+        super().__init__(f"{name} version {version} was rejected by the server's gate: {reason}; "
+                         "pin another version, or none")
+
+
+class VersionUnavailableError(RuntimeError):
+    """The pinned version could not be checked now (the server is stopping)."""
 
 
 class NoModelError(RuntimeError):
     """The repository holds no servable model."""
 
 
-@dataclass
-class LoadedVersion:
-    name: str
-    version: int
-    manifest: Manifest
-    translator: Translator
-    loaded_at: str
+class ModelRegistry:
+    """Every version of every model in a repository, in its state; the SERVING one of each model."""
+
+    def __init__(self, repository: Path, gate: Gate, default_model: str = "") -> None:
+        self.repository = Path(repository)
+        self.gate = gate
+        self.requested_default = default_model
+        self.models: dict[str, dict[int, VersionEntry]] = {}
+        self.serving: dict[str, int] = {}  # model name -> its SERVING version
+        self.on_promote: list[Callable[[LoadedVersion, LoadedVersion | None], None]] = []
+        self._checks: dict[tuple[str, int], asyncio.Task] = {}
+        self._advancing = asyncio.Lock()
 
     @property
-    def parity_summary(self) -> str:
-        parity = self.manifest.parity
-        if not parity:
-            return "no parity report"
-        runs = ", ".join(f"{'greedy' if r['beam_size'] == 1 else 'beam ' + str(r['beam_size'])} "
-                         f"{r['identical']}/{r['sentences']} identical, BLEU {r['onnxruntime']['bleu']:.1f}"
-                         for r in parity.get("translations", []))
-        return f"{'passed' if parity.get('passed') else 'FAILED'} ({self.manifest.precision}): {runs}"
-
-
-@dataclass
-class RejectedVersion:
-    name: str
-    version: int
-    reason: str
-
-
-class ModelRegistry:
-    """Loaded model versions, by name and version."""
-
-    def __init__(self, repository: Path, session_config: SessionConfig, default_model: str = "") -> None:
-        self.repository = Path(repository)
-        self.session_config = session_config
-        self.requested_default = default_model
-        self.loaded: dict[str, dict[int, LoadedVersion]] = {}
-        self.rejected: list[RejectedVersion] = []
-        self._loading: dict[tuple[str, int], asyncio.Task] = {}
-
-    def load(self) -> None:
-        """Load the newest valid version of every model in the repository."""
-        if not self.repository.is_dir():
-            raise NoModelError(f"model repository {self.repository} does not exist")
-        loaded: dict[str, dict[int, LoadedVersion]] = {}
-        for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for number in reversed(versions(model_dir)):
-                try:
-                    loaded[model_dir.name] = {number: self.open(model_dir.name, number)}
-                    break
-                except ModelVersionError as e:
-                    log.error("rejected %s version %d: %s", model_dir.name, number, e,
-                              extra={"event": "rejected", "model": model_dir.name, "version": number, "reason": str(e)})
-                    self.rejected.append(RejectedVersion(model_dir.name, number, str(e)))
-        if not loaded:
-            raise NoModelError(f"no servable model version in {self.repository}")
-        if self.requested_default and self.requested_default not in loaded:
-            raise NoModelError(f"default model {self.requested_default!r} is not in {self.repository}")
-        self.loaded = loaded  # one assignment: requests see no half-loaded registry
-
-    def open(self, name: str, number: int) -> LoadedVersion:
-        """Verify and load one version, without serving it yet."""
-        directory = self.repository / name / str(number)
-        manifest = load_manifest(directory)
-        translator = Translator(directory, self.session_config)
-        log.info("loaded %s version %d (%s) on %s", name, number, manifest.precision, translator.provider,
-                 extra={"event": "loaded", "model": name, "version": number, "precision": manifest.precision,
-                        "provider": translator.provider})
-        return LoadedVersion(name, number, manifest, translator,
-                             datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    def ready(self) -> bool:
+        return bool(self.serving)
 
     @property
     def default_model(self) -> str:
         if self.requested_default:
             return self.requested_default
-        return "en-es" if "en-es" in self.loaded else sorted(self.loaded)[0]
+        return "en-es" if "en-es" in self.serving else min(self.serving, default="")
 
-    def get(self, name: str = "", version: int = 0) -> LoadedVersion:
-        """The loaded version serving `name` (the default model if empty); `version` 0 is the newest.
+    def serving_versions(self) -> list[LoadedVersion]:
+        return [self.models[name][number].loaded for name, number in sorted(self.serving.items())]
 
-        Raises ModelNotFoundError, or VersionNotLoadedError for a pinned version that exists in
-        the repository but is not loaded yet.
+    def listing(self) -> list[tuple[str, int, VersionEntry]]:
+        """Every known version: by model name, newest first."""
+        return [(name, number, entry) for name in sorted(self.models)
+                for number, entry in sorted(self.models[name].items(), reverse=True)]
+
+    # -- promotion ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start-up: replay every model's versions through the gate. Raises NoModelError when no
+        model (or not the requested default model) has a version that passes."""
+        if not self.repository.is_dir():
+            raise NoModelError(f"model repository {self.repository} does not exist")
+        await self.refresh()
+        if not self.serving:
+            rejected = [f"{n}/{v}: {e.reason}" for n, v, e in self.listing() if e.state is VersionState.REJECTED]
+            raise NoModelError(f"no servable model version in {self.repository}"
+                               + (f" (rejected: {'; '.join(rejected)})" if rejected else ""))
+        if self.requested_default and self.requested_default not in self.serving:
+            raise NoModelError(f"default model {self.requested_default!r} has no servable version in {self.repository}")
+
+    async def refresh(self) -> list[LoadedVersion]:
+        """Find the repository's new versions and advance every model; returns the versions promoted."""
+        async with self._advancing:
+            self._merge(await asyncio.to_thread(self._scan))
+            promoted = []
+            for name in sorted(self.models):
+                promoted += await self._advance(name)
+            return promoted
+
+    def _scan(self) -> dict[str, list[int]]:
+        return {d.name: versions(d) for d in sorted(self.repository.iterdir())
+                if d.is_dir() and not d.name.startswith(".")}
+
+    def _merge(self, found: dict[str, list[int]]) -> None:
+        """New versions join as AVAILABLE; versions gone from disk leave unless loaded."""
+        for name, numbers in found.items():
+            entries = self.models.setdefault(name, {})
+            for number in numbers:
+                entries.setdefault(number, VersionEntry())
+            for number in [n for n, e in entries.items() if n not in numbers and e.loaded is None]:
+                del entries[number]
+
+    async def _advance(self, name: str) -> list[LoadedVersion]:
+        entries, promoted = self.models[name], []
+        for number in sorted(n for n in entries if n > self.serving.get(name, 0)):
+            entry = entries[number]
+            # A check that a pin started may have compared it with a version no longer serving.
+            while entry.state is not VersionState.REJECTED and not (
+                    entry.loaded is not None and entry.compared_with == self.serving.get(name, 0)):
+                if await self._check(name, number) is None and entry.state is not VersionState.REJECTED:
+                    return promoted  # interrupted: the server is stopping
+            if entry.state is not VersionState.REJECTED:
+                promoted.append(self._promote(name, number))
+        return promoted
+
+    def _promote(self, name: str, number: int) -> LoadedVersion:
+        entries = self.models[name]
+        previous = entries[self.serving[name]] if name in self.serving else None
+        entry = entries[number]
+        entry.state = VersionState.SERVING
+        self.serving = {**self.serving, name: number}  # one assignment: a request sees the old or the new
+        replaced = None
+        if previous is not None:
+            replaced = previous.loaded
+            previous.state, previous.loaded = VersionState.AVAILABLE, None  # freed after its last request
+            previous.reason = f"replaced by version {number}; a pin checks it again"
+        log.info("serving %s version %d", name, number,
+                 extra={"event": "promoted", "model": name, "version": number,
+                        "replaced": replaced.version if replaced else None})
+        for callback in self.on_promote:
+            callback(entry.loaded, replaced)
+        return entry.loaded
+
+    # -- checks ------------------------------------------------------------------------------
+    async def _check(self, name: str, number: int) -> LoadedVersion | None:
+        """Check one version (concurrent callers share one check). None: rejected, or interrupted."""
+        key = (name, number)
+        if key not in self._checks:
+            task = asyncio.get_running_loop().create_task(self._run_check(name, number))
+            self._checks[key] = task
+            task.add_done_callback(lambda _: self._checks.pop(key, None))
+        return await asyncio.shield(self._checks[key])
+
+    async def _run_check(self, name: str, number: int) -> LoadedVersion | None:
+        entry = self.models[name][number]
+        serving = self.serving.get(name, 0)
+        replaces = self.models[name][serving].loaded if number > serving > 0 else None
+        before = entry.state, entry.reason
+        try:
+            if entry.loaded is None:
+                entry.state, entry.reason = VersionState.LOADING, "being checked"
+                entry.loaded = await asyncio.to_thread(self.gate.check, self.repository / name / str(number), name, number)
+                entry.state, entry.reason = VersionState.STANDBY, "probes identical"
+            if replaces is not None:
+                entry.reason = f"probes identical; {await asyncio.to_thread(self.gate.compare, entry.loaded, replaces)}"
+            entry.compared_with = serving if replaces is not None else 0
+        except GateFailure as e:
+            entry.state, entry.reason, entry.loaded = VersionState.REJECTED, str(e), None
+            log.error("rejected %s version %d: %s", name, number, e,
+                      extra={"event": "rejected", "model": name, "version": number, "reason": str(e)})
+            return None
+        except GateInterrupted:
+            if entry.loaded is None:
+                entry.state, entry.reason = before
+            return None
+        log.info("accepted %s version %d (%s on %s): %s", name, number, entry.loaded.manifest.precision,
+                 entry.loaded.translator.provider, entry.reason,
+                 extra={"event": "accepted", "model": name, "version": number,
+                        "precision": entry.loaded.manifest.precision, "provider": entry.loaded.translator.provider})
+        return entry.loaded
+
+    # -- requests ----------------------------------------------------------------------------
+    async def resolve(self, name: str = "", version: int = 0) -> LoadedVersion:
+        """The version answering a call for `name` (empty: the default model); `version` 0 is
+        the SERVING one. A pinned version is checked first if it is not loaded.
+
+        Raises ModelNotFoundError, VersionRejectedError, or VersionUnavailableError.
         """
         name = name or self.default_model
-        if name not in self.loaded:
-            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(sorted(self.loaded))}")
-        by_version = self.loaded[name]
+        if name not in self.serving:
+            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(sorted(self.serving))}")
+        entries = self.models[name]
         if version == 0:
-            return by_version[max(by_version)]
-        if version in by_version:
-            return by_version[version]
-        if version in versions(self.repository / name):
-            raise VersionNotLoadedError(name, version)
-        raise ModelNotFoundError(f"{name} has no version {version}; available: "
-                                 f"{', '.join(map(str, versions(self.repository / name)))}")
-
-    async def resolve(self, name: str = "", version: int = 0) -> LoadedVersion:
-        """As `get`, loading a pinned version on first use.
-
-        The load (checksums, sessions: a second or more) runs in a worker thread so the event
-        loop keeps answering; concurrent requests for the same version share one load.
-        """
-        try:
-            return self.get(name, version)
-        except VersionNotLoadedError as missing:
-            key = (missing.name, missing.version)
-        if key not in self._loading:
-            task = asyncio.get_running_loop().create_task(self._load_pinned(*key))
-            self._loading[key] = task
-            task.add_done_callback(lambda _: self._loading.pop(key, None))
-        try:
-            return await asyncio.shield(self._loading[key])
-        except ModelVersionError as e:
-            raise ModelNotFoundError(f"{key[0]} version {key[1]} cannot be served: {e}") from None
-
-    async def _load_pinned(self, name: str, number: int) -> LoadedVersion:
-        loaded = await asyncio.to_thread(self.open, name, number)
-        # Into the model's current map (a swap meanwhile replaced it: the pin joins the new one).
-        return self.loaded.setdefault(name, {}).setdefault(number, loaded)
-
-    def swap(self, version: LoadedVersion) -> LoadedVersion | None:
-        """Serve `version` as its model's newest version from now on; returns the one it replaces.
-
-        One assignment: a request sees either the old map or the new. Requests holding the
-        replaced version finish on it; it is freed after the last of them.
-        """
-        previous = self.loaded.get(version.name, {})
-        self.loaded = {**self.loaded, version.name: {version.version: version}}
-        return previous[max(previous)] if previous else None
-
-    def all(self) -> list[LoadedVersion]:
-        return [v for name in sorted(self.loaded) for _, v in sorted(self.loaded[name].items(), reverse=True)]
+            return entries[self.serving[name]].loaded
+        if version not in entries and (self.repository / name / str(version)).is_dir():
+            entries[version] = VersionEntry()  # published since the last look
+        entry = entries.get(version)
+        if entry is None:
+            raise ModelNotFoundError(f"{name} has no version {version}; available: "
+                                     f"{', '.join(map(str, sorted(entries)))}")
+        if entry.loaded is None and entry.state is not VersionState.REJECTED:
+            await self._check(name, version)
+        if entry.state is VersionState.REJECTED:
+            raise VersionRejectedError(name, version, entry.reason)
+        if entry.loaded is None:
+            raise VersionUnavailableError(f"{name} version {version} could not be checked: the server is stopping")
+        return entry.loaded

@@ -1,8 +1,9 @@
 """The rosetta.v1.Translator gRPC service over the model registry and the batcher.
 
 Every error a caller can cause is answered with a status code and a message they can act on
-(see protos/rosetta/v1/translator.proto); anything else is a bug, logged with its traceback and
-answered INTERNAL without taking the server down.
+(see protos/rosetta/v1/translator.proto), a message that is not valid protobuf included;
+anything else is a bug, logged with its traceback and answered INTERNAL without taking the
+server down. No stream outlives its client, a malformed message, or the server's shutdown.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from model.tokenizer import SourceTooLongError
 from server import sentences
 from server.api import translator_pb2 as pb
 from server.api import translator_pb2_grpc
-from server.batcher import Batcher, DeadlineExpiredError, QueueFullError
+from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 from server.config import ServerConfig
+from server.gate import LoadedVersion
+from server.malformed import MalformedMessageError
 from server.metrics import Metrics
-from server.registry import LoadedVersion, ModelNotFoundError, ModelRegistry
+from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, VersionRejectedError, VersionState,
+                             VersionUnavailableError)
 
 log = logging.getLogger("rosetta.servicer")
 
@@ -65,15 +69,20 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         self.batcher = batcher
         self.config = config
         self.metrics = metrics
+        self._closing = asyncio.Event()
 
     # -- shared steps ----------------------------------------------------------------------
     async def _version(self, model: str, version: int) -> LoadedVersion:
-        if not self.registry.loaded:
+        if not self.registry.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "no model is ready yet: the server is loading; retry shortly")
         try:
             return await self.registry.resolve(model, version)
         except ModelNotFoundError as e:
             raise RequestError(grpc.StatusCode.NOT_FOUND, str(e)) from None
+        except VersionRejectedError as e:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        except VersionUnavailableError as e:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
 
     def _prepare(self, version: LoadedVersion, text: str, index: int | None = None) -> _Text:
         where = "" if index is None else f"text {index}: "
@@ -100,6 +109,8 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         ids = [sentence for text in texts for sentence in text.ids]
         try:
             hypotheses = await self.batcher.translate(version, ids, options, deadline)
+        except RequestTooLargeError as e:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         except QueueFullError as e:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
         except DeadlineExpiredError as e:
@@ -177,8 +188,12 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
 
     async def TranslateStream(self, request_iterator: AsyncIterator[pb.TranslateStreamRequest],
                               context) -> AsyncIterator[pb.TranslateStreamResponse]:
+        """Items are translated concurrently and answered as each finishes. The stream ends early,
+        after answering the items already read, on a malformed message (INVALID_ARGUMENT: it has no
+        id to answer by) or at shutdown (UNAVAILABLE)."""
         results: asyncio.Queue[pb.TranslateStreamResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task] = set()
+        items: set[asyncio.Task] = set()
+        ending: list[RequestError] = []
 
         async def one(item: pb.TranslateStreamRequest) -> None:
             try:
@@ -193,28 +208,45 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
                     code=grpc.StatusCode.INTERNAL.value[0], message="internal error; see the server log")))
 
         async def read() -> None:
-            async for item in request_iterator:
-                task = asyncio.create_task(one(item))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*list(tasks))
-            await results.put(None)
+            try:
+                async for item in _until(request_iterator, self._closing):
+                    task = asyncio.create_task(one(item))
+                    items.add(task)
+                    task.add_done_callback(items.discard)
+                if self._closing.is_set():
+                    ending.append(RequestError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down: the items "
+                                               "sent before were answered; send the others to another server"))
+            except MalformedMessageError as e:  # server/malformed.py: no id to answer it by
+                ending.append(RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{e}; the messages before it were answered"))
+            except Exception:  # a bug: the stream ends, it never hangs
+                log.exception("reading a stream failed")
+                ending.append(RequestError(grpc.StatusCode.INTERNAL, "internal error; see the server log"))
+            finally:
+                if items:
+                    await asyncio.gather(*list(items), return_exceptions=True)
+                await results.put(None)
 
         reader = asyncio.create_task(read())
         started, code = time.perf_counter(), "OK"
         try:
             while (response := await results.get()) is not None:
                 yield response
+            if ending:
+                code = ending[0].code.name
+                await context.abort(ending[0].code, str(ending[0]))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
         finally:
             reader.cancel()
-            for task in list(tasks):
+            for task in list(items):
                 task.cancel()
             if self.metrics is not None:
                 self.metrics.observe_call("TranslateStream", code, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Shutdown: open streams stop reading, answer what they read, and end (UNAVAILABLE)."""
+        self._closing.set()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return await self._observed("ListModels", context, self._list_models)
@@ -222,14 +254,45 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
     async def _list_models(self) -> pb.ListModelsResponse:
         default_model = self.registry.default_model
         models = []
-        for v in self.registry.all():
-            newest = max(self.registry.loaded[v.name])
-            models.append(pb.ModelInfo(
-                name=v.name, version=v.version, source_lang=v.manifest.source_lang,
-                target_lang=v.manifest.target_lang, precision=v.manifest.precision,
-                execution_provider=v.translator.provider, default_version=v.version == newest,
-                default_model=v.name == default_model, loaded_at=v.loaded_at, parity_summary=v.parity_summary,
-                state="SERVING"))
-        for r in self.registry.rejected:
-            models.append(pb.ModelInfo(name=r.name, version=r.version, state=f"REJECTED: {r.reason}"))
+        for name, number, entry in self.registry.listing():
+            v, loaded = entry.loaded, {}
+            if v is not None:
+                loaded = dict(source_lang=v.manifest.source_lang, target_lang=v.manifest.target_lang,
+                              precision=v.manifest.precision, execution_provider=v.translator.provider,
+                              loaded_at=v.loaded_at, parity_summary=v.parity_summary)
+            models.append(pb.ModelInfo(name=name, version=number, default_model=name == default_model,
+                                       default_version=entry.state is VersionState.SERVING,
+                                       version_state=STATES[entry.state], reason=entry.reason,
+                                       state=legacy_state(entry), **loaded))
         return pb.ListModelsResponse(models=models)
+
+
+STATES = {state: pb.VersionState.Value(f"VERSION_STATE_{state.name}") for state in VersionState}
+
+
+def legacy_state(entry: VersionEntry) -> str:
+    """ModelInfo.state, for clients older than version_state."""
+    if entry.state is VersionState.REJECTED:
+        return f"REJECTED: {entry.reason}"
+    return "SERVING" if entry.loaded is not None else entry.state.name
+
+
+async def _until(iterator: AsyncIterator, stop: asyncio.Event) -> AsyncIterator:
+    """The items of `iterator` until it ends or `stop` is set, whichever comes first."""
+    source, end = aiter(iterator), object()
+
+    async def following():
+        return await anext(source, end)
+
+    stopping, item = asyncio.ensure_future(stop.wait()), None
+    try:
+        while True:
+            item = asyncio.ensure_future(following())
+            await asyncio.wait({item, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not item.done() or item.result() is end:
+                return
+            yield item.result()
+    finally:
+        stopping.cancel()
+        if item is not None:
+            item.cancel()

@@ -19,6 +19,7 @@ from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batche
 from model.tokenizer import Tokenizer
 from server.decoding import translate_ids
 from server.graphs import OnnxGraphs
+from server.repository import Manifest
 from server.sessions import SessionConfig
 
 
@@ -40,8 +41,10 @@ def pad_ids(sequences: list[list[int]], pad_id: int) -> np.ndarray:
 class Translator:
     """A loaded model version, ready to translate."""
 
-    def __init__(self, version_dir: str | Path, session_config: SessionConfig = SessionConfig()) -> None:
-        self.graphs = OnnxGraphs(version_dir, session_config)
+    def __init__(self, version_dir: str | Path, session_config: SessionConfig = SessionConfig(), *,
+                 manifest: Manifest | None = None) -> None:
+        """manifest: the version's, already verified (None: read and verify it here)."""
+        self.graphs = OnnxGraphs(version_dir, session_config, manifest=manifest)
         self.manifest = self.graphs.manifest
         self.tokenizer = Tokenizer.load(self.graphs.dir / self.manifest.tokenizer)
 

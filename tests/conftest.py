@@ -92,6 +92,26 @@ def tiny_version(tiny_checkpoint, repository) -> Path:
     return version_dir
 
 
+@pytest.fixture(scope="session")
+def worse_version(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A version that exports and verifies fine but translates worse: its held-out chrF drops."""
+    import torch
+
+    from export.cli import export_version
+    from model.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("worse")
+    worse = load_checkpoint(tiny_checkpoint)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in worse.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    save_checkpoint(folder / "checkpoint", worse.model, worse.tokenizer, worse.info)
+    version_dir, report = export_version(folder / "checkpoint", folder / "models", "tiny", tiny_pairs(), beam_sizes=(1,))
+    assert version_dir is not None, report
+    return version_dir
+
+
 @pytest.fixture(scope="module")
 def service_repository(tiny_version, tmp_path_factory) -> Path:
     """A repository holding only version 1 of the tiny model (other tests add versions to theirs)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from model.checkpoint import load_checkpoint
-from server.registry import ModelRegistry
-from server.reloader import gate
+from server.gate import Gate
+from server.registry import ModelRegistry, VersionState
 from server.repository import load_manifest, sha256_file
 from server.sessions import SessionConfig
 
@@ -34,11 +35,16 @@ def test_the_committed_checkpoint_is_the_exported_model():
 
 
 def test_the_server_would_accept_it_and_it_translates(device):
-    """What `make serve` loads: the registry's default, through the reload gate's probes."""
-    registry = ModelRegistry(REPOSITORY, SessionConfig(device=device))
-    registry.load()
-    version = registry.get()
+    """What `make serve` serves: the registry's start-up, through the whole gate."""
+    async def start() -> ModelRegistry:
+        registry = ModelRegistry(REPOSITORY, Gate(SessionConfig(device=device)))
+        await registry.start()
+        return registry
+
+    registry = asyncio.run(start())
+    (version,) = registry.serving_versions()
     assert (version.name, version.version) == ("en-es", 2)
-    assert gate(version, None, max_chrf_drop=1.0).startswith("probes identical")
+    entry = registry.models["en-es"][2]
+    assert entry.state is VersionState.SERVING and entry.reason.startswith("probes identical")
     (translation,) = version.translator.translate(["Open the file."], beam_size=4)
     assert translation.strip() and translation != "Open the file."

@@ -14,7 +14,6 @@ import urllib.request
 
 import grpc
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +23,7 @@ from server.api import translator_pb2 as pb
 from server.api import translator_pb2_grpc
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
+from tests.versions import publish
 
 PAIRS = tiny_pairs()
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -200,7 +200,7 @@ def test_health_watch_follows_loading_serving_and_shutdown_and_logs_are_json(ser
     records += [json.loads(line) for line in process.stderr.read().splitlines()]
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     events = [r.get("event") for r in records]
-    for event in ("starting", "listening", "loaded", "serving", "shutting_down", "stopped"):
+    for event in ("starting", "listening", "accepted", "promoted", "serving", "shutting_down", "stopped"):
         assert event in events, (event, events)
     assert records[0]["config"]["repository"] == str(repository)
 
@@ -304,11 +304,10 @@ def states(s: Server) -> dict[int, str]:
     return {m.version: m.state for m in s.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
 
 
-def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_checkpoint, tmp_path):
+def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_checkpoint, worse_version, tmp_path):
     """Clients translate without pause while new versions arrive: a good one is swapped in with
     no failed request; a corrupted one and a worse one are rejected while the good one serves."""
     from export.cli import export_version
-    from model.checkpoint import load_checkpoint, save_checkpoint
 
     repository = tmp_path / "models"
     shutil.copytree(service_repository, repository)
@@ -355,14 +354,7 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
     assert "checksum" in states(s)[3]
 
     # A worse model (weights perturbed): exports fine, but its held-out chrF falls: rejected.
-    worse = load_checkpoint(tiny_checkpoint)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in worse.model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    save_checkpoint(tmp_path / "worse", worse.model, worse.tokenizer, worse.info)
-    version_dir, _ = export_version(tmp_path / "worse", repository, "tiny", PAIRS, beam_sizes=(1,))
-    assert version_dir.name == "4"
+    assert publish(repository, "tiny", worse_version) == 4
     wait_for(lambda: states(s).get(4, "").startswith("REJECTED"))
     assert "chrF" in states(s)[4]
     assert states(s)[2] == "SERVING"
@@ -374,12 +366,23 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
     assert s.stop() == 0
 
 
-def test_a_full_queue_answers_resource_exhausted(service_repository):
-    s = Server(service_repository, "--max-queue-sentences", "2")
+def test_a_full_queue_answers_resource_exhausted_and_says_how_full(service_repository):
+    """The only decoding slot busy with a long batch, a request waiting: one more that does not fit
+    gets RESOURCE_EXHAUSTED (it would fit later), and everything admitted is answered."""
+    s = Server(service_repository, "--max-queue-sentences", "300", "--concurrent-batches", "1")
     try:
-        error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=["The cat.", "The dog.", "The tree."]),
-                         timeout=10)
-        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry later" in error.details()
+        texts = [source for source, _ in PAIRS]
+        long_work = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(
+            texts=texts * 8, options=pb.DecodingOptions(beam_size=16, min_length=60)), timeout=300)
+        time.sleep(0.5)  # taken from the queue into the only decoding slot
+        waiting = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(texts=texts * 6), timeout=300)
+        time.sleep(0.2)
+        error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=texts * 4), timeout=10)
+        assert not long_work.done(), "the slot should still be busy"
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "192 of 300 sentences are waiting and the request has 128; retry later" in error.details()
+        assert [r.translation for r in waiting.result().translations] == [t for _, t in PAIRS] * 6
+        assert len(long_work.result().translations) == len(texts) * 8
         assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
     finally:
         assert s.stop() == 0

@@ -1,10 +1,26 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERSION_STATE_UNSPECIFIED: _ClassVar[VersionState]
+    VERSION_STATE_AVAILABLE: _ClassVar[VersionState]
+    VERSION_STATE_LOADING: _ClassVar[VersionState]
+    VERSION_STATE_SERVING: _ClassVar[VersionState]
+    VERSION_STATE_STANDBY: _ClassVar[VersionState]
+    VERSION_STATE_REJECTED: _ClassVar[VersionState]
+VERSION_STATE_UNSPECIFIED: VersionState
+VERSION_STATE_AVAILABLE: VersionState
+VERSION_STATE_LOADING: VersionState
+VERSION_STATE_SERVING: VersionState
+VERSION_STATE_STANDBY: VersionState
+VERSION_STATE_REJECTED: VersionState
 
 class DecodingOptions(_message.Message):
     __slots__ = ("beam_size", "length_penalty", "min_length", "max_length", "n_best")
@@ -113,7 +129,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "source_lang", "target_lang", "precision", "execution_provider", "default_version", "default_model", "loaded_at", "parity_summary", "state")
+    __slots__ = ("name", "version", "source_lang", "target_lang", "precision", "execution_provider", "default_version", "default_model", "loaded_at", "parity_summary", "state", "version_state", "reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LANG_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +141,8 @@ class ModelInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     PARITY_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     source_lang: str
@@ -136,4 +154,6 @@ class ModelInfo(_message.Message):
     loaded_at: str
     parity_summary: str
     state: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., source_lang: _Optional[str] = ..., target_lang: _Optional[str] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., default_version: _Optional[bool] = ..., default_model: _Optional[bool] = ..., loaded_at: _Optional[str] = ..., parity_summary: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    version_state: VersionState
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., source_lang: _Optional[str] = ..., target_lang: _Optional[str] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., default_version: _Optional[bool] = ..., default_model: _Optional[bool] = ..., loaded_at: _Optional[str] = ..., parity_summary: _Optional[str] = ..., state: _Optional[str] = ..., version_state: _Optional[_Union[VersionState, str]] = ..., reason: _Optional[str] = ...) -> None: ...

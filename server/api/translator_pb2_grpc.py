@@ -80,14 +80,17 @@ class TranslatorServicer:
     def TranslateStream(self, request_iterator, context):
         """Bidirectional stream: send texts as they come, receive each translation as soon as it is
         done (not necessarily in the order sent), correlated by `id`. A bad text is answered with
-        a response carrying its error, and the stream goes on.
+        a response carrying its error, and the stream goes on. A message that cannot be parsed at
+        all has no id to answer by: the items before it are answered, then the stream ends with
+        INVALID_ARGUMENT naming its position. At shutdown the server stops reading, answers the
+        items already sent, and ends the stream with UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Every model version the server has loaded.
+        """Every version of every model in the server's repository, with its state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

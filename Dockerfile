@@ -23,6 +23,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY protos protos
 COPY model model
 COPY export export
 COPY server server
@@ -32,9 +33,9 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # ---- CPU server ------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS server-venv
 COPY --from=wheel /wheels /wheels
-# Base dependencies only: onnxruntime, grpc, sentencepiece... and no torch.
+# The runtime and the service: onnxruntime, grpc, sentencepiece... and no torch.
 RUN python -m venv /opt/rosetta \
-    && /opt/rosetta/bin/pip install --no-cache-dir /wheels/rosetta_mt-*.whl
+    && /opt/rosetta/bin/pip install --no-cache-dir "$(echo /wheels/rosetta_mt-*.whl)[serve]"
 
 FROM ${PYTHON_IMAGE} AS server
 RUN useradd --uid 10001 --user-group --home-dir /app --no-create-home rosetta
@@ -62,7 +63,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
 RUN python3 -m venv /opt/rosetta \
-    && /opt/rosetta/bin/pip install --no-cache-dir /wheels/rosetta_mt-*.whl
+    && /opt/rosetta/bin/pip install --no-cache-dir "$(echo /wheels/rosetta_mt-*.whl)[serve]"
 
 FROM gpu-python AS server-gpu
 RUN useradd --uid 10001 --user-group --home-dir /app --no-create-home rosetta

@@ -51,8 +51,8 @@ bench-grpc: data
 
 # Regenerate the committed gRPC stubs after editing protos/rosetta/v1/translator.proto.
 protos: $(INSTALLED)
-	$(PY) -m grpc_tools.protoc -Iserver/api=protos/rosetta/v1 --python_out=. --grpc_python_out=. --pyi_out=. \
-		server/api/translator.proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos --pyi_out=protos \
+		protos/rosetta/v1/translator.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,19 +15,16 @@ from pathlib import Path
 
 from model.decode_options import DecodeOptions
 from model.tsv import read_tsv
-from server.decoding import translate_ids
-from server.sessions import SessionConfig
-from server.translator import Translator, pad_ids
+from server.runtime import SessionConfig, Translator
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def same_alone_and_batched(version_dir: Path, sources: list[str]) -> int:
     translator = Translator(version_dir, SessionConfig(device="cpu", streams=1))
-    ids = sorted(translator.encode(sources), key=len)
-    pad = translator.graphs.config.pad_id
-    together = translate_ids(translator.graphs, pad_ids(ids, pad), DecodeOptions())
-    return sum(translate_ids(translator.graphs, pad_ids([one], pad), DecodeOptions())[0][0].tokens == batched[0].tokens
+    ids = translator.encode(sources)
+    together = translator.translate_ids(ids, DecodeOptions(), max_batch=len(ids))
+    return sum(translator.translate_ids([one], DecodeOptions())[0][0].tokens == batched[0].tokens
                for one, batched in zip(ids, together))
 
 

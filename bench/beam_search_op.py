@@ -3,7 +3,7 @@
     .venv/bin/python bench/beam_search_op.py [--arch base]   # full: correctness, then the timings below
     .venv/bin/python bench/beam_search_op.py --quick         # smoke run: few sentences, one pass, no JSON
 
-Our decode loop (server/decoding.py) calls the encoder graph once and the decoder-step graph
+Our decode loop (server/runtime/decoding.py) calls the encoder graph once and the decoder-step graph
 once per token from Python. The BeamSearch contrib operator runs the whole search inside one
 `session.run` instead. This script wraps a model version's own exported graphs
 (export/graphs.py) as the operator's `encoder` and `decoder` subgraphs in its encoder-decoder
@@ -69,11 +69,11 @@ from decode_speed import (ORT_SETTINGS, WORKLOAD, load_workload, machine,  # noq
 
 from model.config import ModelConfig  # noqa: E402
 from model.decode_options import DecodeOptions  # noqa: E402
-from server.decoding import translate_ids  # noqa: E402
-from server.graphs import OnnxGraphs  # noqa: E402
-from server.repository import load_manifest  # noqa: E402
-from server.sessions import SessionConfig, create_session  # noqa: E402
-from server.translator import pad_ids  # noqa: E402
+from server.runtime import translate_ids  # noqa: E402
+from server.runtime import OnnxGraphs  # noqa: E402
+from server.runtime import load_manifest  # noqa: E402
+from server.runtime import SessionConfig, create_session  # noqa: E402
+from server.runtime import pad_ids  # noqa: E402
 
 MODES = ("beam4_b32", "greedy_b1")
 CHECK_SENTENCES = 16
@@ -238,7 +238,7 @@ def beam_search_model(version_dir: Path) -> tuple[bytes, ModelConfig]:
     graph = helper.make_graph(nodes, "beam_search", inputs, outputs, constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 9  # as server/graphs.py's helper graphs: what recent ONNX Runtime releases read
+    model.ir_version = 9  # as server/runtime/graphs.py's helper graphs: what recent ONNX Runtime releases read
     return model.SerializeToString(), c
 
 
@@ -278,7 +278,8 @@ def compare(op: BeamSearchOp, graphs: OnnxGraphs, sources: list[list[int]], beam
     """The operator's best sequence against our loop's, per sentence, with their log-probabilities."""
     ids = pad_ids(sources, graphs.config.pad_id)
     theirs, their_scores = op.run(ids, beam, length)
-    ours = translate_ids(graphs, ids, DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+    ours = translate_ids(graphs, sources, DecodeOptions(beam_size=beam, min_length=length, max_length=length),
+                         max_batch=len(sources))
     differences = []
     score_gaps = []
     for i, (hyps, seq, score) in enumerate(zip(ours, theirs.tolist(), their_scores.tolist())):
@@ -296,8 +297,8 @@ def compare(op: BeamSearchOp, graphs: OnnxGraphs, sources: list[list[int]], beam
 # --- timing -----------------------------------------------------------------------------------
 def loop_decoder(graphs: OnnxGraphs) -> Decode:
     def decode(batch: list[list[int]], beam: int, length: int) -> None:
-        hyps = translate_ids(graphs, pad_ids(batch, graphs.config.pad_id),
-                             DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+        hyps = translate_ids(graphs, batch, DecodeOptions(beam_size=beam, min_length=length, max_length=length),
+                             max_batch=len(batch))
         assert all(len(h[0].tokens) == length for h in hyps)
     return decode
 

@@ -199,10 +199,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
             assert all(len(h[0].tokens) == length for h in hyps)
         return decode
     if engine.startswith("onnxruntime-"):
-        from server.decoding import translate_ids as onnx_translate_ids
-        from server.graphs import OnnxGraphs
-        from server.sessions import SessionConfig
-        from server.translator import pad_ids
+        from server.runtime import OnnxGraphs, SessionConfig
+        from server.runtime import translate_ids as onnx_translate_ids
 
         precision = engine.split("-")[1]
         graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
@@ -210,8 +208,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
                                           inter_op_threads=inter, device_cache=device_cache))
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
-            hyps = onnx_translate_ids(graphs, pad_ids(batch, graphs.config.pad_id),
-                                      DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            hyps = onnx_translate_ids(graphs, batch, DecodeOptions(beam_size=beam, min_length=length, max_length=length),
+                                      max_batch=len(batch))
             assert all(len(h[0].tokens) == length for h in hyps)
         return decode
     if engine.startswith("ctranslate2-"):

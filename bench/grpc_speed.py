@@ -36,11 +36,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from model.tsv import read_tsv
-from server.api import translator_pb2 as pb
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2 as pb
+from rosetta.v1 import translator_pb2_grpc
 from server.servicer import DEFAULT_BEAM_SIZE
-from server.sessions import SessionConfig
-from server.translator import Translator
+from server.runtime import SessionConfig, Translator
 
 ROOT = Path(__file__).resolve().parent.parent
 

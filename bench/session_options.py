@@ -4,7 +4,7 @@
 
 Times the project's decode loop on the fixed workload (bench/decode_speed.py prepares the
 models) under each setting of one option at a time, from the defaults in
-server/sessions.py: thread spinning, graph optimization level, intra-op threads. All in one
+server/runtime/sessions.py: thread spinning, graph optimization level, intra-op threads. All in one
 process and one run, so the figures compare as ratios. Results: a table, and JSON in
 bench/results/session_options.json.
 """
@@ -18,10 +18,7 @@ from pathlib import Path
 
 from bench.decode_speed import ROOT, WORKLOAD, load_workload, machine, measure_mode, prepare_arch, workload_sources
 from model.decode_options import DecodeOptions
-from server.decoding import translate_ids
-from server.graphs import OnnxGraphs
-from server.sessions import SessionConfig
-from server.translator import pad_ids
+from server.runtime import OnnxGraphs, SessionConfig, translate_ids
 
 DEFAULT = SessionConfig(device="cpu", intra_op_threads=2)
 VARIANTS = {
@@ -50,7 +47,8 @@ def main() -> None:
         graphs = OnnxGraphs(version, config)
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
-            translate_ids(graphs, pad_ids(batch, 0), DecodeOptions(beam_size=beam, min_length=length, max_length=length))
+            translate_ids(graphs, batch, DecodeOptions(beam_size=beam, min_length=length, max_length=length),
+                          max_batch=len(batch))
 
         results[name] = {mode["name"]: measure_mode(decode, sources, mode, workload) for mode in workload["modes"]}
         print(f"{name:52s} " + "  ".join(f"{m}: {f['tokens_per_s']:6.0f} tok/s" for m, f in results[name].items()),

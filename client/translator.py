@@ -11,13 +11,13 @@ Decoding options are keyword arguments of each call; unset ones take the server'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from server.api import translator_pb2 as pb
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2 as pb
+from rosetta.v1 import translator_pb2_grpc
 
 
 class TranslationError(Exception):
@@ -33,6 +33,21 @@ class Hypothesis:
     text: str
     score: float
     tokens: int
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One text's outcome in `translate_stream`: its hypotheses, best first, or why it failed."""
+
+    index: int  # position of the text in what was sent
+    hypotheses: list[Hypothesis]
+    error: TranslationError | None
+
+    @property
+    def translation(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.hypotheses[0].text
 
 
 @dataclass(frozen=True)
@@ -94,20 +109,46 @@ class TranslatorClient:
         response = self._call(self._stub.Translate, pb.TranslateRequest(
             text=text, model=model, version=version,
             options=self._options(beam_size, length_penalty, min_length, max_length, n_best)))
-        return [Hypothesis(h.text, h.score, h.tokens) for h in response.hypotheses]
+        return _hypotheses(response)
 
     def translate(self, text: str, **options) -> str:
         """The best translation of `text`; options as in `translate_n_best`."""
         return self.translate_n_best(text, **options)[0].text
 
-    def translate_batch(self, texts: Sequence[str], *, model: str = "", version: int = 0,
-                        beam_size: int | None = None, length_penalty: float | None = None,
-                        min_length: int | None = None, max_length: int | None = None) -> list[str]:
-        """The best translation of each text, in order, in one call."""
+    def translate_batch_n_best(self, texts: Sequence[str], *, model: str = "", version: int = 0,
+                               beam_size: int | None = None, length_penalty: float | None = None,
+                               min_length: int | None = None, max_length: int | None = None,
+                               n_best: int | None = None) -> list[list[Hypothesis]]:
+        """The n best translations of each text, best first, in order, in one call."""
         response = self._call(self._stub.TranslateBatch, pb.TranslateBatchRequest(
             texts=list(texts), model=model, version=version,
-            options=self._options(beam_size, length_penalty, min_length, max_length, None)))
-        return [r.translation for r in response.translations]
+            options=self._options(beam_size, length_penalty, min_length, max_length, n_best)))
+        return [_hypotheses(r) for r in response.translations]
+
+    def translate_batch(self, texts: Sequence[str], **options) -> list[str]:
+        """The best translation of each text, in order, in one call; options as in `translate_batch_n_best`."""
+        return [hypotheses[0].text for hypotheses in self.translate_batch_n_best(texts, **options)]
+
+    def translate_stream(self, texts: Iterable[str], *, model: str = "", version: int = 0,
+                         beam_size: int | None = None, length_penalty: float | None = None,
+                         min_length: int | None = None, max_length: int | None = None,
+                         n_best: int | None = None) -> Iterator[StreamResult]:
+        """Send texts as they come (any iterable, also a generator) over one TranslateStream call,
+        and get each result as soon as it is done, not necessarily in order: `index` is the text's
+        position in `texts`. A text the server refuses yields a result with its error; a failure
+        of the whole stream raises TranslationError."""
+        options = self._options(beam_size, length_penalty, min_length, max_length, n_best)
+        requests = (pb.TranslateStreamRequest(id=str(i), request=pb.TranslateRequest(
+            text=text, model=model, version=version, options=options)) for i, text in enumerate(texts))
+        try:
+            for answer in self._stub.TranslateStream(requests, timeout=self.timeout, metadata=self._metadata):
+                if answer.HasField("error"):
+                    error = TranslationError(_status(answer.error.code), answer.error.message)
+                    yield StreamResult(int(answer.id), [], error)
+                else:
+                    yield StreamResult(int(answer.id), _hypotheses(answer.response), None)
+        except grpc.RpcError as e:
+            raise TranslationError(e.code(), e.details()) from None
 
     def models(self) -> list[ModelInfo]:
         """Every version of every model the server knows, with its state."""
@@ -116,3 +157,11 @@ class TranslatorClient:
                           pb.VersionState.Name(m.version_state).removeprefix("VERSION_STATE_"), m.reason,
                           m.default_version)
                 for m in response.models]
+
+
+def _hypotheses(response: pb.TranslateResponse) -> list[Hypothesis]:
+    return [Hypothesis(h.text, h.score, h.tokens) for h in response.hypotheses]
+
+
+def _status(code: int) -> grpc.StatusCode:
+    return next(s for s in grpc.StatusCode if s.value[0] == code)

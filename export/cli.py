@@ -29,9 +29,7 @@ from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from model.progress import progress_bar
 from model.tsv import TsvError, read_tsv
-from server.graphs import OnnxGraphs
-from server.repository import Manifest, file_record, sha256_file
-from server.sessions import SessionConfig
+from server.runtime import Manifest, OnnxGraphs, SessionConfig, file_record, sha256_file
 
 log = logging.getLogger("rosetta.export")
 

@@ -23,13 +23,13 @@ from pathlib import Path
 from model.progress import progress_bar
 from model.scoring import score_translations
 from model.tsv import TsvError, read_tsv
-from server.repository import MANIFEST
+from server.runtime import MANIFEST
 
 
 def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_size: int,
                            length_penalty: float, device: str) -> tuple[list[str], str]:
-    from server.sessions import SessionConfig
-    from server.translator import Translator
+    from server.runtime import SessionConfig
+    from server.runtime import Translator
 
     translator = Translator(path, SessionConfig.from_env(device=device))
     with progress_bar(total=len(sources), desc="translate", unit="sent") as bar:

@@ -6,7 +6,7 @@ Two checks, both run by every export before the version is published:
    on padded batches of mixed lengths across the shape ranges (batch 1 to 64, source length 1
    to the maximum, past length 0 to the maximum), random ids and real sentences.
 2. Translations. Greedy and beam search through the project's ONNX Runtime decode loop
-   (server/decoding.py) against the PyTorch reference decoder on a test set: token agreement,
+   (server/runtime/decoding.py) against the PyTorch reference decoder on a test set: token agreement,
    and sacreBLEU / chrF of each.
 
 Tolerances by precision (`TOLERANCES`), and why:
@@ -34,9 +34,7 @@ from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from server.decoding import translate_ids as onnx_translate_ids
-from server.graphs import OnnxGraphs
-from server.translator import pad_ids
+from server.runtime import OnnxGraphs, pad_ids, translate_ids as onnx_translate_ids
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokeni
     outputs = {}
     for engine, decode in (
         ("pytorch", lambda chunk: reference_translate_ids(model, pad(chunk), options)),
-        ("onnxruntime", lambda chunk: onnx_translate_ids(graphs, pad_ids(chunk, model.config.pad_id), options)),
+        ("onnxruntime", lambda chunk: onnx_translate_ids(graphs, chunk, options, max_batch=len(chunk))),
     ):
         start = time.perf_counter()
         outputs[engine] = _decode_all(decode, sources, batch_size, progress)

@@ -22,10 +22,7 @@ from pathlib import Path
 from model.decode_options import DecodeOptions
 from model.scoring import score_translations
 from model.tokenizer import Tokenizer
-from server.decoding import translate_ids
-from server.graphs import OnnxGraphs
-from server.probes import replay
-from server.translator import pad_ids
+from server.runtime import OnnxGraphs, replay, translate_ids
 
 PROBES_FILE = "probes.json"
 PROBE_SENTENCES = 16
@@ -46,8 +43,8 @@ def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str
               for (source, _), ids, greedy, beam4 in zip(probe_pairs, source_ids, decoded["greedy"], decoded["beam4"])]
     heldout = [pairs[i] for i in evenly_spaced_indices(len(pairs), HELDOUT_SENTENCES)]
     heldout_ids = tokenizer.encode_sources([s for s, _ in heldout], max_positions)
-    hypotheses = [h[0].tokens for h in translate_ids(graphs, pad_ids(heldout_ids, graphs.config.pad_id),
-                                                      DecodeOptions(beam_size=HELDOUT_BEAM))]
+    hypotheses = [h[0].tokens for h in translate_ids(graphs, heldout_ids, DecodeOptions(beam_size=HELDOUT_BEAM),
+                                                      max_batch=len(heldout_ids))]
     scores = score_translations(tokenizer.decode_batch(hypotheses), [t for _, t in heldout])
     return {"probes": probes,
             "heldout": {"beam_size": HELDOUT_BEAM, "pairs": [list(p) for p in heldout], **scores}}

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from server.repository import MANIFEST, Manifest, next_version
+from server.runtime import MANIFEST, Manifest, next_version
 
 STAGING_PREFIX = ".staging-"
 

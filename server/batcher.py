@@ -22,10 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
-from server.decoding import translate_ids
-from server.gate import LoadedVersion
-from server.translator import pad_ids
+from model.decode_options import DecodeOptions, Hypothesis
+from server.runtime import LoadedVersion
+from server.sentences import split_by_lengths
 
 log = logging.getLogger("rosetta.batcher")
 
@@ -209,18 +208,8 @@ class Batcher:
 
     def _decode(self, batch: list[_Request]) -> list[list[list[Hypothesis]]]:
         """In a worker thread: decode every sentence of the batch, results split back by request."""
-        first = batch[0]
-        graphs = first.version.translator.graphs
         ids = [sentence for request in batch for sentence in request.ids]
         owner = [request for request in batch for _ in request.ids]
-        out: list[list[Hypothesis]] = [[] for _ in ids]
-        for chunk in length_sorted_batches([len(s) for s in ids], self.max_batch_sentences):
-            hypotheses = translate_ids(graphs, pad_ids([ids[i] for i in chunk], graphs.config.pad_id), first.options,
-                                       abandoned=lambda row, chunk=chunk: owner[chunk[row]].abandoned())
-            for i, h in zip(chunk, hypotheses):
-                out[i] = h
-        results, start = [], 0
-        for request in batch:
-            results.append(out[start: start + len(request.ids)])
-            start += len(request.ids)
-        return results
+        out = batch[0].version.translator.translate_ids(ids, batch[0].options, max_batch=self.max_batch_sentences,
+                                                        abandoned=lambda i: owner[i].abandoned())
+        return split_by_lengths(out, [len(request.ids) for request in batch])

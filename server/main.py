@@ -25,11 +25,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.api import translator_pb2, translator_pb2_grpc
+from rosetta.v1 import translator_pb2, translator_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, parse_config
-from server.gate import Gate, LoadedVersion
+from server.runtime import Gate, LoadedVersion
 from server.health import NOT_SERVING, SERVING, HealthServicer
 from server.logs import configure
 from server.malformed import MalformedMessageInterceptor
@@ -37,7 +37,7 @@ from server.metrics import Metrics
 from server.registry import ModelRegistry, NoModelError
 from server.reloader import reload_forever
 from server.servicer import TranslatorServicer
-from server.sessions import DeviceUnavailableError, SessionConfig
+from server.runtime import DeviceUnavailableError, SessionConfig
 
 log = logging.getLogger("rosetta.server")
 

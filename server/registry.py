@@ -5,7 +5,7 @@ Every version directory in the repository is in one state:
     AVAILABLE --checked--> LOADING --> STANDBY (passed the gate) or REJECTED (with the reason)
     STANDBY --advance--> SERVING --a newer version advances--> AVAILABLE (unloaded)
 
-A version answers calls only after it passed the gate (server/gate.py) in this process.
+A version answers calls only after it passed the gate (server/runtime/gate.py) in this process.
 Unpinned calls get the model's SERVING version. A pin of a version not loaded has it checked
 first (concurrent pins share one check); a pin of a rejected version is refused with the
 reason. Pinning never changes the SERVING version: only `advance` does.
@@ -28,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
-from server.repository import versions
+from server.runtime import Gate, GateFailure, GateInterrupted, LoadedVersion, versions
 
 log = logging.getLogger("rosetta.registry")
 

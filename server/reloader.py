@@ -2,7 +2,7 @@
 
 The reloader looks at the repository every `interval` seconds, and at once on SIGHUP, and lets
 the registry advance each model (server/registry.py): a new version is loaded beside the one
-serving, passes the whole gate (server/gate.py) before any user sees it, and is then swapped in
+serving, passes the whole gate (server/runtime/gate.py) before any user sees it, and is then swapped in
 by one assignment. Requests already running keep their reference to the old version and finish
 on it. A version that fails the gate is rejected (logged, shown by ListModels) and the previous
 one keeps serving.

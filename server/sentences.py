@@ -8,9 +8,13 @@ trailing space); translations are put back between the same spaces.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sentencex import segment
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,15 @@ def split(text: str, language: str) -> list[Segment]:
 def join(segments: list[Segment], translations: list[str]) -> str:
     """The translated text: each sentence's translation between its original spaces."""
     return "".join(s.before + t + s.after for s, t in zip(segments, translations, strict=True))
+
+
+def split_by_lengths(items: Sequence[T], lengths: Sequence[int]) -> list[list[T]]:
+    """`items` cut back into consecutive groups of the given lengths (sentences back into texts or
+    requests after they were decoded together)."""
+    if sum(lengths) != len(items):
+        raise ValueError(f"{len(items)} items cannot be split into groups of {sum(lengths)}")
+    groups, start = [], 0
+    for length in lengths:
+        groups.append(list(items[start: start + length]))
+        start += length
+    return groups

@@ -19,11 +19,11 @@ import grpc
 from model.decode_options import DecodeOptions, Hypothesis
 from model.tokenizer import SourceTooLongError
 from server import sentences
-from server.api import translator_pb2 as pb
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2 as pb
+from rosetta.v1 import translator_pb2_grpc
 from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 from server.config import ServerConfig
-from server.gate import LoadedVersion
+from server.runtime import LoadedVersion
 from server.malformed import MalformedMessageError
 from server.metrics import Metrics
 from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, VersionRejectedError, VersionState,
@@ -115,11 +115,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
         except DeadlineExpiredError as e:
             raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
-        out, start = [], 0
-        for text in texts:
-            out.append(hypotheses[start: start + len(text.ids)])
-            start += len(text.ids)
-        return out
+        return sentences.split_by_lengths(hypotheses, [len(text.ids) for text in texts])
 
     def _response(self, version: LoadedVersion, text: _Text, per_sentence: list[list[Hypothesis]],
                   n_best: int) -> pb.TranslateResponse:
@@ -234,7 +230,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             if ending:
                 code = ending[0].code.name
                 await context.abort(ending[0].code, str(ending[0]))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the call ended first (gRPC closes the generator)
             code = "CANCELLED"
             raise
         finally:

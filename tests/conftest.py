@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from model.tsv import write_tsv
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2_grpc
 from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from collections import Counter
 import grpc
 import pytest
 
-from server.api import translator_pb2 as pb
+from rosetta.v1 import translator_pb2 as pb
 from tests.builders import tiny_pairs
 from tests.conftest import Server, wait_for
 from tests.versions import corrupt, publish, unloadable, wrong_probes

@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 
 from model.checkpoint import load_checkpoint
-from server.gate import Gate
+from server.runtime import Gate
 from server.registry import ModelRegistry, VersionState
-from server.repository import load_manifest, sha256_file
-from server.sessions import SessionConfig
+from server.runtime import SessionConfig, load_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "checkpoints" / "en-es"

@@ -21,11 +21,8 @@ from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET
 from model.checkpoint import WEIGHTS, load_checkpoint
 from model.decode_options import DecodeOptions
-from server.decoding import translate_ids
-from server.graphs import OnnxGraphs
-from server.repository import MANIFEST, ModelVersionError, load_manifest, sha256_file, versions
-from server.sessions import SessionConfig
-from server.translator import pad_ids
+from server.runtime import (MANIFEST, ModelVersionError, OnnxGraphs, SessionConfig, load_manifest, sha256_file,
+                            translate_ids, versions)
 from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,8 +189,8 @@ def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):
     graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu"))
     assert len(probes["probes"]) == 16
     for name, beam in (("greedy", 1), ("beam4", 4)):
-        batch = pad_ids([p["source_ids"] for p in probes["probes"]], 0)
-        replayed = [h[0].tokens for h in translate_ids(graphs, batch, DecodeOptions(beam_size=beam))]
+        sources = [p["source_ids"] for p in probes["probes"]]
+        replayed = [h[0].tokens for h in translate_ids(graphs, sources, DecodeOptions(beam_size=beam), max_batch=16)]
         assert replayed == [p[name] for p in probes["probes"]]
     assert len(probes["heldout"]["pairs"]) == 32  # the whole tiny test set: fewer than 100 pairs
     assert probes["heldout"]["chrf"] == pytest.approx(100.0)

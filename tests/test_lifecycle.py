@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.api import translator_pb2 as pb
+from rosetta.v1 import translator_pb2 as pb
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 from tests.versions import publish, unloadable, wrong_probes

@@ -32,8 +32,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.api import translator_pb2 as pb
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2 as pb
+from rosetta.v1 import translator_pb2_grpc
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 

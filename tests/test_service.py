@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.api import translator_pb2 as pb
-from server.api import translator_pb2_grpc
+from rosetta.v1 import translator_pb2 as pb
+from rosetta.v1 import translator_pb2_grpc
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 from tests.versions import publish
@@ -213,13 +213,13 @@ def test_an_empty_repository_fails_start_up_with_a_clear_message(tmp_path):
 
 
 def test_committed_stubs_match_the_proto(tmp_path):
-    """The stubs in server/api are what grpcio-tools generates from protos/ (run `make protos`)."""
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iserver/api=protos/rosetta/v1",
-                    f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}",
-                    "server/api/translator.proto"], cwd=ROOT, check=True)
+    """The stubs in protos/rosetta/v1 are what grpcio-tools generates from the .proto (run `make protos`)."""
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
+                    f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}", "protos/rosetta/v1/translator.proto"],
+                   cwd=ROOT, check=True)
     for name in ("translator_pb2.py", "translator_pb2_grpc.py", "translator_pb2.pyi"):
-        generated = (tmp_path / "server" / "api" / name).read_text()
-        assert generated == (ROOT / "server" / "api" / name).read_text(), name
+        generated = (tmp_path / "rosetta" / "v1" / name).read_text()
+        assert generated == (ROOT / "protos" / "rosetta" / "v1" / name).read_text(), name
 
 
 def test_python_client(server):
@@ -230,7 +230,13 @@ def test_python_client(server):
         hypotheses = client.translate_n_best(PAIRS[0][0], beam_size=4, n_best=2)
         assert len(hypotheses) == 2 and hypotheses[0].score >= hypotheses[1].score
         assert client.translate_batch([s for s, _ in PAIRS[:3]], beam_size=1) == [t for _, t in PAIRS[:3]]
-        assert [(m.name, m.version, m.state) for m in client.models()] == [("tiny", 1, "SERVING")]
+        batch = client.translate_batch_n_best([s for s, _ in PAIRS[:3]], beam_size=4, n_best=3)
+        assert [len(h) for h in batch] == [3, 3, 3] and [h[0].text for h in batch] == [t for _, t in PAIRS[:3]]
+        streamed = {r.index: r for r in client.translate_stream(iter([PAIRS[0][0], "", PAIRS[1][0]]), n_best=2)}
+        assert (streamed[0].translation, streamed[2].translation) == (PAIRS[0][1], PAIRS[1][1])
+        assert len(streamed[0].hypotheses) == 2
+        assert streamed[1].error.code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in streamed[1].error.message
+        assert [(m.name, m.version, m.state, m.default_version) for m in client.models()] == [("tiny", 1, "SERVING", True)]
         with pytest.raises(TranslationError) as caught:
             client.translate("The cat.", model="nope")
         assert caught.value.code == grpc.StatusCode.NOT_FOUND

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from server.repository import MANIFEST, file_record
+from server.runtime import MANIFEST, file_record
 
 
 def publish(repository: Path, name: str, source: Path, change: Callable[[Path], None] | None = None) -> int:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from server.api import translator_pb2 as server_dot_api_dot_translator__pb2
+from rosetta.v1 import translator_pb2 as rosetta_dot_v1_dot_translator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in server/api/translator_pb2_grpc.py depends on'
+        + ' but the generated code in rosetta/v1/translator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,23 +37,23 @@ class TranslatorStub:
         """
         self.Translate = channel.unary_unary(
                 '/rosetta.v1.Translator/Translate',
-                request_serializer=server_dot_api_dot_translator__pb2.TranslateRequest.SerializeToString,
-                response_deserializer=server_dot_api_dot_translator__pb2.TranslateResponse.FromString,
+                request_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateResponse.FromString,
                 _registered_method=True)
         self.TranslateBatch = channel.unary_unary(
                 '/rosetta.v1.Translator/TranslateBatch',
-                request_serializer=server_dot_api_dot_translator__pb2.TranslateBatchRequest.SerializeToString,
-                response_deserializer=server_dot_api_dot_translator__pb2.TranslateBatchResponse.FromString,
+                request_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateBatchRequest.SerializeToString,
+                response_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateBatchResponse.FromString,
                 _registered_method=True)
         self.TranslateStream = channel.stream_stream(
                 '/rosetta.v1.Translator/TranslateStream',
-                request_serializer=server_dot_api_dot_translator__pb2.TranslateStreamRequest.SerializeToString,
-                response_deserializer=server_dot_api_dot_translator__pb2.TranslateStreamResponse.FromString,
+                request_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateStreamRequest.SerializeToString,
+                response_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateStreamResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/rosetta.v1.Translator/ListModels',
-                request_serializer=server_dot_api_dot_translator__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=server_dot_api_dot_translator__pb2.ListModelsResponse.FromString,
+                request_serializer=rosetta_dot_v1_dot_translator__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=rosetta_dot_v1_dot_translator__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -101,23 +101,23 @@ def add_TranslatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Translate': grpc.unary_unary_rpc_method_handler(
                     servicer.Translate,
-                    request_deserializer=server_dot_api_dot_translator__pb2.TranslateRequest.FromString,
-                    response_serializer=server_dot_api_dot_translator__pb2.TranslateResponse.SerializeToString,
+                    request_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateRequest.FromString,
+                    response_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateResponse.SerializeToString,
             ),
             'TranslateBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.TranslateBatch,
-                    request_deserializer=server_dot_api_dot_translator__pb2.TranslateBatchRequest.FromString,
-                    response_serializer=server_dot_api_dot_translator__pb2.TranslateBatchResponse.SerializeToString,
+                    request_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateBatchRequest.FromString,
+                    response_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateBatchResponse.SerializeToString,
             ),
             'TranslateStream': grpc.stream_stream_rpc_method_handler(
                     servicer.TranslateStream,
-                    request_deserializer=server_dot_api_dot_translator__pb2.TranslateStreamRequest.FromString,
-                    response_serializer=server_dot_api_dot_translator__pb2.TranslateStreamResponse.SerializeToString,
+                    request_deserializer=rosetta_dot_v1_dot_translator__pb2.TranslateStreamRequest.FromString,
+                    response_serializer=rosetta_dot_v1_dot_translator__pb2.TranslateStreamResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=server_dot_api_dot_translator__pb2.ListModelsRequest.FromString,
-                    response_serializer=server_dot_api_dot_translator__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=rosetta_dot_v1_dot_translator__pb2.ListModelsRequest.FromString,
+                    response_serializer=rosetta_dot_v1_dot_translator__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,8 +146,8 @@ class Translator:
             request,
             target,
             '/rosetta.v1.Translator/Translate',
-            server_dot_api_dot_translator__pb2.TranslateRequest.SerializeToString,
-            server_dot_api_dot_translator__pb2.TranslateResponse.FromString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateRequest.SerializeToString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class Translator:
             request,
             target,
             '/rosetta.v1.Translator/TranslateBatch',
-            server_dot_api_dot_translator__pb2.TranslateBatchRequest.SerializeToString,
-            server_dot_api_dot_translator__pb2.TranslateBatchResponse.FromString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateBatchRequest.SerializeToString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -200,8 +200,8 @@ class Translator:
             request_iterator,
             target,
             '/rosetta.v1.Translator/TranslateStream',
-            server_dot_api_dot_translator__pb2.TranslateStreamRequest.SerializeToString,
-            server_dot_api_dot_translator__pb2.TranslateStreamResponse.FromString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateStreamRequest.SerializeToString,
+            rosetta_dot_v1_dot_translator__pb2.TranslateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -227,8 +227,8 @@ class Translator:
             request,
             target,
             '/rosetta.v1.Translator/ListModels',
-            server_dot_api_dot_translator__pb2.ListModelsRequest.SerializeToString,
-            server_dot_api_dot_translator__pb2.ListModelsResponse.FromString,
+            rosetta_dot_v1_dot_translator__pb2.ListModelsRequest.SerializeToString,
+            rosetta_dot_v1_dot_translator__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,14 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
+from model.decode_options import DecodeOptions, Hypothesis
 from model.tokenizer import Tokenizer
-from server.decoding import translate_ids
-from server.graphs import OnnxGraphs
-from server.repository import Manifest
-from server.sessions import SessionConfig
+from server.runtime.decoding import Abandoned, translate_ids
+from server.runtime.graphs import OnnxGraphs
+from server.runtime.repository import Manifest
+from server.runtime.sessions import SessionConfig
 
 
 @dataclass(frozen=True)
@@ -28,14 +26,6 @@ class Translation:
     text: str
     score: float  # normalized log-probability
     tokens: int  # generated tokens, EOS excluded
-
-
-def pad_ids(sequences: list[list[int]], pad_id: int) -> np.ndarray:
-    """Right-pad id lists into a (B, max_len) int64 array."""
-    out = np.full((len(sequences), max(len(s) for s in sequences)), pad_id, dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = seq
-    return out
 
 
 class Translator:
@@ -78,15 +68,15 @@ class Translator:
         """
         options = DecodeOptions(beam_size=beam_size, length_penalty=length_penalty, min_length=min_length,
                                 max_length=max_length, n_best=n_best)
-        encoded = self.encode(texts)
-        results: list[list[Translation]] = [[] for _ in encoded]
-        for chunk in length_sorted_batches([len(e) for e in encoded], batch_size):
-            ids = pad_ids([encoded[i] for i in chunk], self.graphs.config.pad_id)
-            for i, hyps in zip(chunk, translate_ids(self.graphs, ids, options)):
-                results[i] = [self._translation(h) for h in hyps]
-            if on_batch is not None:
-                on_batch(len(chunk))
-        return results
+        decoded = self.translate_ids(self.encode(texts), options, max_batch=batch_size, on_batch=on_batch)
+        return [[self._translation(h) for h in hypotheses] for hypotheses in decoded]
+
+    def translate_ids(self, ids: Sequence[Sequence[int]], options: DecodeOptions, *, max_batch: int = 32,
+                      abandoned: Abandoned | None = None,
+                      on_batch: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+        """Hypotheses for encoded sentences, in order: the runtime's one batch entry point
+        (server/runtime/decoding.py). abandoned(i): nobody waits for sentence i any more."""
+        return translate_ids(self.graphs, ids, options, max_batch=max_batch, abandoned=abandoned, on_batch=on_batch)
 
     def translate(self, texts: Sequence[str], **options) -> list[str]:
         """The best translation of each text; options as in `translate_hypotheses`."""

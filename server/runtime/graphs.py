@@ -7,7 +7,7 @@ Where the cache lives (SessionConfig.device_cache): as numpy arrays, or as ONNX 
 on the execution device. On CUDA it stays on the GPU from step to step through I/O binding:
 each step's `present_*` outputs are bound as the next step's `past_*` inputs, beams reorder
 its rows with a small gather graph on the device, and only the best tokens and their scores
-come back to the host. The decode loop (server/decoding.py) never looks inside a cache; it
+come back to the host. The decode loop (server/runtime/decoding.py) never looks inside a cache; it
 reorders one only through `rows`, so both placements share that one loop.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from model.config import ModelConfig
-from server.repository import Manifest, load_manifest
-from server.sessions import CUDA, SessionConfig, create_session
+from server.runtime.repository import Manifest, load_manifest
+from server.runtime.sessions import CUDA, SessionConfig, create_session
 
 Tensor = np.ndarray | ort.OrtValue
 Cache = list[Tensor]  # one (B, H, P, Dh) tensor per decoder layer

@@ -1,6 +1,6 @@
 """The gate every model version passes before it answers a call, pinned or not.
 
-1. verified: every file matches the manifest's checksums (server/repository.py);
+1. verified: every file matches the manifest's checksums (server/runtime/repository.py);
 2. loaded: the graphs open in ONNX Runtime and the tokenizer loads;
 3. smoke: it translates a sentence, and the translation is not empty;
 4. probes: the export's probes (export/probes.py), replayed through this runtime, give the same
@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.scoring import score_translations
-from server.probes import replay
-from server.repository import Manifest, ModelVersionError, load_manifest
-from server.sessions import DeviceUnavailableError, SessionConfig
-from server.translator import Translator
+from server.runtime.probes import replay
+from server.runtime.repository import Manifest, ModelVersionError, load_manifest
+from server.runtime.sessions import DeviceUnavailableError, SessionConfig
+from server.runtime.translator import Translator
 
 
 class GateFailure(Exception):

@@ -1,7 +1,9 @@
 """Greedy and beam search over the exported graphs: the project's one ONNX Runtime decode loop.
 
-The server, the CLI, `rosetta-evaluate` on a model version, the export's parity gate and the
-benchmarks all decode through `translate_ids`. It follows the PyTorch reference decoder
+The server's batcher, the CLI, `rosetta-evaluate` on a model version, the gate's probes, the
+export's parity gate and the benchmarks all decode through `translate_ids`, the one batch entry
+point: it sorts sentences by length, cuts them into batches, pads, decodes and scatters the
+results back into the caller's order. It follows the PyTorch reference decoder
 (model/decoding.py) rule for rule, sharing its options, output budget, scoring and beam
 bookkeeping (model/decode_options.py), so the two are token-identical in fp32. The decoder
 graph itself applies the decoding rules and returns each row's best tokens (export/graphs.py),
@@ -10,40 +12,67 @@ so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary
 - Every sentence has its own output budget, so its translation never depends on its batch.
 - Finished sentences leave the batch: their rows stop costing compute.
 - The key/value cache is one (B, H, P, Dh) tensor per layer, kept where the graphs run
-  (server/graphs.py); beams reorder its rows once per step and finished sentences' rows are
+  (server/runtime/graphs.py); beams reorder its rows once per step and finished sentences' rows are
   dropped, both through `graphs.rows`.
 - A sentence whose caller has gone (`abandoned`, asked once per step) leaves the batch the same
   way, so a cancelled or expired request stops costing compute mid-batch.
 - With several streams (SessionConfig.streams) a batch is cut into that many consecutive
-  parts decoded at the same time; callers pass length-sorted batches, so each part is trimmed
-  to its own longest source. Sentences are independent, so the result is the same.
+  parts decoded at the same time; batches are length-sorted, so each part is trimmed to its
+  own longest source. Sentences are independent, so the result is the same.
 No torch here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import numpy as np
 
-from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
-from server.graphs import OnnxGraphs
+from model.decode_options import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, length_sorted_batches,
+                                  normalized_score)
+from server.runtime.graphs import OnnxGraphs
 
-Abandoned = Callable[[int], bool]  # sentence index in the batch -> nobody waits for it any more
+Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
 
 
 def _never(sentence: int) -> bool:
     return False
 
 
-def translate_ids(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions, *,
-                  abandoned: Abandoned = _never) -> list[list[Hypothesis]]:
-    """Decode a batch of source ids (B, S) int64, EOS-terminated and right-padded.
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    """Right-pad id lists into a (B, max_len) int64 array."""
+    out = np.full((len(sequences), max(len(s) for s in sequences)), pad_id, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
 
-    Returns, for each sentence, `options.n_best` hypotheses, best first; an empty list for a
-    sentence that `abandoned` gave up on (it is asked about every live sentence at every step).
+
+def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: DecodeOptions, *,
+                  max_batch: int = 32, abandoned: Abandoned | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+    """Translate encoded sentences (EOS-terminated id lists), decoded `max_batch` at a time.
+
+    Returns, for each sentence in the caller's order, `options.n_best` hypotheses, best first;
+    an empty list for a sentence that `abandoned(i)` gave up on (asked about every live sentence
+    at every step). on_batch(n) after each batch of n sentences (progress). A sentence's result
+    never depends on the others: max_batch=1 decodes each alone (what probes are recorded with).
     """
+    abandoned = abandoned or _never
+    results: list[list[Hypothesis]] = [[] for _ in ids]
+    for chunk in length_sorted_batches([len(s) for s in ids], max_batch):
+        decoded = _translate_padded(graphs, pad_ids([ids[i] for i in chunk], graphs.config.pad_id), options,
+                                    lambda row, chunk=chunk: abandoned(chunk[row]))
+        for i, hypotheses in zip(chunk, decoded):
+            results[i] = hypotheses
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return results
+
+
+def _translate_padded(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
+                      abandoned: Abandoned) -> list[list[Hypothesis]]:
+    """One length-sorted batch of source ids (B, S) int64, right-padded."""
     rows = source_ids.shape[0]
     parts = min(graphs.streams, rows)
     if parts <= 1:

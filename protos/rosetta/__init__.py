@@ -1,0 +1,1 @@
+"""Rosetta's gRPC API: the generated Python modules of protos/rosetta/*/ (`make protos`)."""

@@ -1,0 +1,24 @@
+"""The runtime: model versions served by ONNX Runtime, with neither torch nor gRPC.
+
+Everything that reads a model repository goes through this API: the gRPC service (server/),
+the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benchmarks.
+
+    translator = Translator("models/en-es/2")
+    translator.translate(["Open the file."], beam_size=4)
+    translator.translate_ids(ids, DecodeOptions(beam_size=4), max_batch=32)
+"""
+
+from server.runtime.repository import (MANIFEST, Manifest, ModelVersionError, file_record, load_manifest,
+                                       next_version, sha256_file, versions)
+from server.runtime.sessions import CUDA, DeviceUnavailableError, SessionConfig, create_session
+from server.runtime.graphs import OnnxGraphs
+from server.runtime.decoding import pad_ids, translate_ids
+from server.runtime.probes import replay
+from server.runtime.translator import Translation, Translator
+from server.runtime.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
+
+__all__ = [
+    "CUDA", "MANIFEST", "DeviceUnavailableError", "Gate", "GateFailure", "GateInterrupted", "LoadedVersion",
+    "Manifest", "ModelVersionError", "OnnxGraphs", "SessionConfig", "Translation", "Translator", "create_session",
+    "file_record", "load_manifest", "next_version", "pad_ids", "replay", "sha256_file", "translate_ids", "versions",
+]

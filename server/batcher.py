@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -79,11 +80,26 @@ class BatchStats:
     abandoned_sentences: int  # dropped mid-decode because their request was cancelled or expired
 
 
+# (version, encoded sentences, options, max_batch, abandoned(i)) -> hypotheses of each sentence
+Decode = Callable[[LoadedVersion, list[list[int]], DecodeOptions, int, Callable[[int], bool]], list[list[Hypothesis]]]
+
+
+def decode_with_runtime(version: LoadedVersion, ids: list[list[int]], options: DecodeOptions, max_batch: int,
+                        abandoned: Callable[[int], bool]) -> list[list[Hypothesis]]:
+    """The runtime's one batch entry point (server/runtime/decoding.py)."""
+    return version.translator.translate_ids(ids, options, max_batch=max_batch, abandoned=abandoned)
+
+
 class Batcher:
-    """Gathers requests into batches and decodes them in worker threads."""
+    """Gathers requests into batches and decodes them in worker threads.
+
+    decode: how a batch is decoded; the runtime by default (tests pass their own to check the
+    batching rules without models).
+    """
 
     def __init__(self, *, max_batch_sentences: int = 64, max_wait_ms: float = 5.0, max_queue_sentences: int = 1024,
-                 workers: int = 1) -> None:
+                 workers: int = 1, decode: Decode = decode_with_runtime) -> None:
+        self.decode = decode
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
         self.max_queue_sentences = max_queue_sentences
@@ -210,6 +226,6 @@ class Batcher:
         """In a worker thread: decode every sentence of the batch, results split back by request."""
         ids = [sentence for request in batch for sentence in request.ids]
         owner = [request for request in batch for _ in request.ids]
-        out = batch[0].version.translator.translate_ids(ids, batch[0].options, max_batch=self.max_batch_sentences,
-                                                        abandoned=lambda i: owner[i].abandoned())
+        out = self.decode(batch[0].version, ids, batch[0].options, self.max_batch_sentences,
+                          lambda i: owner[i].abandoned())
         return split_by_lengths(out, [len(request.ids) for request in batch])

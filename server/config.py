@@ -8,40 +8,51 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from server.logs import FORMATS, LEVELS
+from server.runtime import SessionConfig
+
+
+def setting(default, description: str):
+    """A setting: its default and its --help text; its flag and ROSETTA_* variable follow from its name."""
+    return field(default=default, metadata={"help": description})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Every setting of `rosetta-serve`. Field docs are the --help texts."""
+    """Every setting of `rosetta-serve`, the one place each is defined."""
 
-    host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 for all (containers)
-    port: int = 50051  # gRPC port; 0 picks a free one (printed at start-up)
-    repository: Path = Path("models")  # model repository: <repository>/<name>/<version>/
-    default_model: str = ""  # model for requests that name none; empty: en-es if present, else the first by name
-    device: str = "auto"  # auto (CUDA when usable, else CPU), cuda or cpu
-    streams: int = 0  # parts of a batch decoded at once; 0 = cores / concurrent batches on the CPU, 1 on CUDA
-    threads: int = 0  # intra-op threads per session; 0 = the cores left to each stream
-    max_batch_sentences: int = 64  # sentences decoded together at most
-    max_wait_ms: float = 5.0  # how long a batch waits for more requests to join it
-    concurrent_batches: int = 2  # batches decoded at the same time (the queue is shared among them)
-    max_queue_sentences: int = 1024  # sentences waiting at most; beyond, RESOURCE_EXHAUSTED
-    max_text_chars: int = 10_000  # characters per text
-    max_batch_texts: int = 256  # texts per TranslateBatch call
-    max_message_bytes: int = 4 * 1024 * 1024  # largest request or response message
-    grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long in-flight calls may finish
-    reload_interval: float = 10.0  # seconds between looks for new versions (SIGHUP: at once); 0: only on SIGHUP
-    max_chrf_drop: float = 1.0  # a new version's held-out chrF may be at most this far below the serving one's
-    metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 picks a free port, -1 turns it off
-    auth_token: str = ""  # require 'authorization: Bearer <token>' on every call but health and reflection
-    auth_token_file: str = ""  # read the token from this file instead (keeps it out of the process list)
-    tls_cert: str = ""  # PEM certificate chain: with tls_key, serve TLS instead of plain text
-    tls_key: str = ""  # PEM private key of tls_cert
-    log_level: str = "info"  # debug (adds a line per call), info (life-cycle events), warning or error
-    log_format: str = "auto"  # json, text, or auto: text on a terminal, JSON elsewhere
+    host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0: all)")
+    port: int = setting(50051, "gRPC port (0: a free one, printed at start-up)")
+    repository: Path = setting(Path("models"), "model repository: <repository>/<name>/<version>/")
+    default_model: str = setting(
+        "", "model for requests that name none (default: en-es if present, else the first by name)")
+    device: str = setting("auto", "auto (CUDA when usable, else CPU), cuda or cpu")
+    streams: int = setting(
+        0, "parts of a batch decoded at once, one thread each (0: the cores divided among "
+        "the concurrent batches on the CPU, 1 on CUDA)")
+    threads: int = setting(0, "intra-op threads per ONNX Runtime session (0: the cores left to each stream)")
+    max_batch_sentences: int = setting(64, "sentences decoded together at most")
+    max_wait_ms: float = setting(5.0, "how long a batch waits for more requests to join it")
+    concurrent_batches: int = setting(
+        2, "batches decoded at the same time; waiting requests are shared among them by length")
+    max_queue_sentences: int = setting(1024, "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED")
+    max_text_chars: int = setting(10_000, "characters per text")
+    max_batch_texts: int = setting(256, "texts per TranslateBatch call")
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest request or response message")
+    grace_seconds: float = setting(10.0, "on SIGTERM/SIGINT, how long in-flight calls may finish")
+    reload_interval: float = setting(10.0, "seconds between looks for new model versions (0: only on SIGHUP)")
+    max_chrf_drop: float = setting(
+        1.0, "reject a new version whose held-out chrF is more than this below the serving version's")
+    metrics_port: int = setting(9464, 'Prometheus /metrics HTTP port (0: a free one, -1: off)')
+    auth_token: str = setting("", "require 'authorization: Bearer <token>' on every call but health and reflection")
+    auth_token_file: str = setting("", 'read the bearer token from this file')
+    tls_cert: str = setting("", 'PEM certificate chain; with --tls-key, serve TLS')
+    tls_key: str = setting("", 'PEM private key for --tls-cert')
+    log_level: str = setting("info", 'debug (a line per call), info (life-cycle events), warning or error')
+    log_format: str = setting("auto", 'json, text, or auto (text on a terminal, JSON elsewhere)')
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -67,6 +78,11 @@ class ServerConfig:
         if self.log_format not in FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(FORMATS)}, got {self.log_format!r}")
 
+    def session_config(self) -> SessionConfig:
+        """How the runtime runs the graphs under these settings."""
+        return SessionConfig(device=self.device, streams=self.streams, intra_op_threads=self.threads,
+                             concurrent_batches=self.concurrent_batches)
+
     def token(self) -> str:
         """The bearer token required of callers; empty when authentication is off."""
         if self.auth_token_file:
@@ -82,33 +98,6 @@ class ServerConfig:
         return " ".join(f"{name}={value}" for name, value in self.public().items())
 
 
-HELP = {
-    "host": "interface to listen on (0.0.0.0: all)",
-    "port": "gRPC port (0: a free one, printed at start-up)",
-    "repository": "model repository: <repository>/<name>/<version>/",
-    "default_model": "model for requests that name none (default: en-es if present, else the first by name)",
-    "device": "auto (CUDA when usable, else CPU), cuda or cpu",
-    "streams": "parts of a batch decoded at once, one thread each (0: the cores divided among the concurrent "
-               "batches on the CPU, 1 on CUDA)",
-    "threads": "intra-op threads per ONNX Runtime session (0: the cores left to each stream)",
-    "max_batch_sentences": "sentences decoded together at most",
-    "max_wait_ms": "how long a batch waits for more requests to join it",
-    "concurrent_batches": "batches decoded at the same time; waiting requests are shared among them by length",
-    "max_queue_sentences": "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED",
-    "max_text_chars": "characters per text",
-    "max_batch_texts": "texts per TranslateBatch call",
-    "max_message_bytes": "largest request or response message",
-    "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may finish",
-    "reload_interval": "seconds between looks for new model versions (0: only on SIGHUP)",
-    "max_chrf_drop": "reject a new version whose held-out chrF is more than this below the serving version's",
-    "metrics_port": "Prometheus /metrics HTTP port (0: a free one, -1: off)",
-    "auth_token": "require 'authorization: Bearer <token>' on every call but health and reflection",
-    "auth_token_file": "read the bearer token from this file",
-    "tls_cert": "PEM certificate chain; with --tls-key, serve TLS",
-    "tls_key": "PEM private key for --tls-cert",
-    "log_level": "debug (a line per call), info (life-cycle events), warning or error",
-    "log_format": "json, text, or auto (text on a terminal, JSON elsewhere)",
-}
 
 
 def env_name(field_name: str) -> str:
@@ -123,7 +112,7 @@ def parse_config(argv: list[str] | None = None, environ: dict[str, str] | None =
     for f in fields(ServerConfig):
         kind = type(getattr(defaults, f.name))
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
-                            help=f"{HELP[f.name]} [env {env_name(f.name)}; default {getattr(defaults, f.name)}]")
+                            help=f"{f.metadata['help']} [env {env_name(f.name)}; default {getattr(defaults, f.name)}]")
     args = parser.parse_args(argv)
     values = {}
     for f in fields(ServerConfig):

@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,15 +30,14 @@ from rosetta.v1 import translator_pb2, translator_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, parse_config
-from server.runtime import Gate, LoadedVersion
 from server.health import NOT_SERVING, SERVING, HealthServicer
 from server.logs import configure
 from server.malformed import MalformedMessageInterceptor
 from server.metrics import Metrics
 from server.registry import ModelRegistry, NoModelError
 from server.reloader import reload_forever
+from server.runtime import DeviceUnavailableError, Gate, LoadedVersion
 from server.servicer import TranslatorServicer
-from server.runtime import DeviceUnavailableError, SessionConfig
 
 log = logging.getLogger("rosetta.server")
 
@@ -109,48 +109,64 @@ async def until_stopped(work, stop: asyncio.Event) -> bool:
     return False
 
 
+@dataclass
+class Service:
+    """What a running server holds, assembled before anything starts."""
+
+    registry: ModelRegistry
+    batcher: Batcher
+    metrics: Metrics
+    servicer: TranslatorServicer
+    health: HealthServicer
+    server: grpc.aio.Server
+
+    @classmethod
+    def assemble(cls, config: ServerConfig, stopping: threading.Event) -> Service:
+        gate = Gate(config.session_config(), max_chrf_drop=config.max_chrf_drop, stopping=stopping)
+        registry = ModelRegistry(config.repository, gate, config.default_model)
+        batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
+                          max_queue_sentences=config.max_queue_sentences, workers=config.concurrent_batches)
+        metrics = Metrics()
+        batcher.on_batch.append(metrics.observe_batch)
+        metrics.track_queue(lambda: batcher.queued_sentences)
+        track_models(metrics, registry)
+        servicer = TranslatorServicer(registry, batcher, config, metrics)
+        health_servicer = HealthServicer()
+        return cls(registry, batcher, metrics, servicer, health_servicer, grpc_server(config, servicer, health_servicer))
+
+    async def set_health(self, status: int) -> None:
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def close(self, grace_seconds: float) -> None:
+        """Health NOT_SERVING, open streams end, in-flight calls get `grace_seconds`, batches finish."""
+        self.servicer.close()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+        await self.batcher.close()
+
+
 async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     stop, wake, stopping = asyncio.Event(), asyncio.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: (stop.set(), stopping.set()))
     loop.add_signal_handler(signal.SIGHUP, wake.set)  # during start-up too: the reloader looks once it runs
-
-    sessions = SessionConfig(device=config.device, streams=config.streams, intra_op_threads=config.threads,
-                             concurrent_batches=config.concurrent_batches)
-    registry = ModelRegistry(config.repository, Gate(sessions, max_chrf_drop=config.max_chrf_drop, stopping=stopping),
-                             config.default_model)
-    batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
-                      max_queue_sentences=config.max_queue_sentences, workers=config.concurrent_batches)
-    metrics = Metrics()
-    batcher.on_batch.append(metrics.observe_batch)
-    metrics.track_queue(lambda: batcher.queued_sentences)
-    track_models(metrics, registry)
-    servicer = TranslatorServicer(registry, batcher, config, metrics)
-    health_servicer = HealthServicer()
-    for name in ("", SERVICE):
-        await health_servicer.set(name, NOT_SERVING)
-    server = grpc_server(config, servicer, health_servicer)
-    batcher.start()
+    service = Service.assemble(config, stopping)
+    await service.set_health(NOT_SERVING)
+    service.batcher.start()
     reloading: asyncio.Task | None = None
     try:
-        metrics_port = serve_metrics(metrics, config)
-        port = listen(server, config)
-        await server.start()
+        metrics_port, port = serve_metrics(service.metrics, config), listen(service.server, config)
+        await service.server.start()
         log.info("listening on %s:%d; loading models from %s", config.host, port, config.repository,
                  extra={"event": "listening", "port": port, "metrics_port": metrics_port})
-        if not await until_stopped(registry.start(), stop):
+        if not await until_stopped(service.registry.start(), stop):
             log.info("stopping during start-up", extra={"event": "shutting_down"})
             return 0
-        reloading = asyncio.create_task(reload_forever(registry, config.reload_interval or None, wake))
-        for name in ("", SERVICE):
-            await health_servicer.set(name, SERVING)
-        serving = {"event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
-                   "tls": credentials(config) is not None, "auth": bool(config.token()),
-                   "models": [f"{v.name}/{v.version}" for v in registry.serving_versions()]}
-        log.info("serving %s on %s:%d", ", ".join(serving["models"]), config.host, port, extra=serving)
-        # And one machine-readable line on stdout: scripts and tests read the port from it (useful with --port 0).
-        print(json.dumps(serving), flush=True)
+        reloading = asyncio.create_task(reload_forever(service.registry, config.reload_interval or None, wake))
+        await service.set_health(SERVING)
+        announce(config, service.registry, port, metrics_port)
         await stop.wait()
         log.info("shutting down: in-flight calls have %.1f s", config.grace_seconds, extra={"event": "shutting_down"})
         return 0
@@ -161,11 +177,17 @@ async def serve(config: ServerConfig) -> int:
         stopping.set()
         if reloading is not None:
             reloading.cancel()
-        servicer.close()
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(config.grace_seconds)
-        await batcher.close()
+        await service.close(config.grace_seconds)
         log.info("stopped", extra={"event": "stopped"})
+
+
+def announce(config: ServerConfig, registry: ModelRegistry, port: int, metrics_port: int | None) -> None:
+    serving = {"event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
+               "tls": bool(config.tls_cert), "auth": bool(config.auth_token or config.auth_token_file),
+               "models": [f"{v.name}/{v.version}" for v in registry.serving_versions()]}
+    log.info("serving %s on %s:%d", ", ".join(serving["models"]), config.host, port, extra=serving)
+    # And one machine-readable line on stdout: scripts and tests read the port from it (useful with --port 0).
+    print(json.dumps(serving), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

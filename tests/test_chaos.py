@@ -24,6 +24,8 @@ from tests.builders import tiny_pairs
 from tests.conftest import Server, wait_for
 from tests.versions import corrupt, publish, unloadable, wrong_probes
 
+pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
+
 PAIRS = tiny_pairs()
 State = pb.VersionState
 GOOD, BAD = "good", "bad"
@@ -34,7 +36,6 @@ def states(server: Server) -> dict[int, tuple[int, str]]:
             for m in server.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
 
 
-@pytest.mark.slow
 def test_versions_published_pinned_and_reloaded_under_load(tiny_version, worse_version, tmp_path):
     repository = tmp_path / "models"
     shutil.copytree(tiny_version, repository / "tiny" / "1")

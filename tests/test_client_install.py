@@ -12,6 +12,8 @@ import pytest
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server
 
+pytestmark = pytest.mark.slow  # a fresh environment, pip and a real server (pytest -m "not slow" skips it)
+
 PAIRS = tiny_pairs()
 SOURCES = ("pyproject.toml", "README.md", "protos", "client", "model", "export", "server")
 
@@ -25,7 +27,6 @@ with TranslatorClient(sys.argv[1], timeout=30) as client:
 """
 
 
-@pytest.mark.slow
 def test_the_plain_install_is_a_client_that_calls_a_server(service_repository, tmp_path):
     source = tmp_path / "source"  # the package's files only: an in-tree build would write into the checkout
     source.mkdir()

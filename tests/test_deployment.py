@@ -41,6 +41,7 @@ from server import healthcheck
 from server.config import ServerConfig, env_name, parse_config
 from tests.builders import tiny_pairs
 
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 ROSETTA_VARIABLES = {env_name(f.name) for f in fields(ServerConfig)}
@@ -518,6 +519,7 @@ def run_service(argv: list[str], cwd: Path) -> None:
     assert result.returncode == 0, f"{argv}\n{result.stderr[-3000:]}"
 
 
+@pytest.mark.slow  # trains, exports and runs a real server
 def test_train_then_export_commands_reach_the_running_server(compose, tiny_checkpoint, tmp_path):
     """`train` then `export`, with the compose file's own commands, end with the `server`
     service's command serving the new version. Changed, and only these: the tiny model stands in

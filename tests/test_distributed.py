@@ -21,6 +21,8 @@ from model.tsv import write_tsv
 from tests.builders import tiny_pairs
 from tests.test_training import args_with
 
+pytestmark = pytest.mark.slow  # training processes under torchrun (pytest -m "not slow" skips them)
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 9  # one epoch of the corpus below (8 global batches) and the first step of the next
 PER_RANK_TOKENS = 40

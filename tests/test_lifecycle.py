@@ -33,6 +33,8 @@ from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 from tests.versions import publish, unloadable, wrong_probes
 
+pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
+
 PAIRS = tiny_pairs()
 State = pb.VersionState
 

@@ -33,6 +33,8 @@ from google.protobuf.message_factory import GetMessageClass
 from client import TranslatorClient
 from tests.conftest import ROOT, wait_for
 
+pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
+
 README = (ROOT / "README.md").read_text()
 
 NOT_RUN = {

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +183,21 @@ def test_the_real_cuda_probe_names_what_is_missing():
 def test_bad_session_settings_are_refused(bad):
     with pytest.raises(ValueError):
         SessionConfig(**bad)
+
+
+@pytest.mark.parametrize("cores, batches, streams, threads, expected", [
+    (2, 2, 0, 0, (1, 1)),  # the server's default on 2 cores: two batches, one single-threaded stream each
+    (2, 1, 0, 0, (2, 1)),  # one batch: a stream per core
+    (16, 2, 0, 0, (8, 1)),
+    (16, 2, 2, 0, (2, 4)),  # fixed streams: the cores left go to threads
+    (16, 2, 0, 3, (8, 3)),
+    (1, 4, 0, 0, (1, 1)),  # never below one
+])
+def test_streams_and_threads_divide_the_cores_among_the_concurrent_batches(monkeypatch, cores, batches, streams,
+                                                                           threads, expected):
+    monkeypatch.setattr(sessions, "available_cores", lambda: cores)
+    config = SessionConfig(device="cpu", streams=streams, intra_op_threads=threads, concurrent_batches=batches)
+    assert (config.cpu_streams(), config.cpu_threads()) == expected
 
 
 def test_session_config_reads_the_environment(monkeypatch):

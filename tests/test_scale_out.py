@@ -37,6 +37,8 @@ from rosetta.v1 import translator_pb2_grpc
 from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 
+pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
+
 CONFIG = ROOT / "deploy" / "nginx" / "nginx.conf"
 PAIRS = tiny_pairs()
 # nginx lives in sbin, which is not on every user's PATH.

@@ -25,6 +25,8 @@ from tests.builders import tiny_pairs
 from tests.conftest import ROOT, Server, wait_for
 from tests.versions import publish
 
+pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
+
 PAIRS = tiny_pairs()
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -459,24 +461,3 @@ def test_arbitrary_input_gets_an_answer_or_a_clear_refusal(server, text, beam, n
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
         assert e.details()
-
-
-def test_waiting_requests_are_shared_between_batches_by_length():
-    """The oldest request always goes first; it takes the half of the queue closest to it in length."""
-    import asyncio
-
-    from model.decode_options import DecodeOptions
-    from server.batcher import Batcher, _Request
-
-    async def take() -> list[int]:
-        batcher = Batcher(max_batch_sentences=64, workers=2)
-        loop = asyncio.get_running_loop()
-        version = object()
-        for length in (10, 50, 11, 49, 12, 48, 9, 51):  # one sentence each, oldest first
-            batcher._pending.append(_Request(version, [[5] * length], DecodeOptions(), loop.create_future(), None))
-            batcher._queued_sentences += 1
-        batch = batcher._take(batcher._pending[0].key)
-        assert batcher.queued_sentences == 4
-        return [len(r.ids[0]) for r in batch]
-
-    assert sorted(asyncio.run(take())) == [9, 10, 11, 12]

@@ -2,26 +2,8 @@
 
 Decoding needs the encoder once per source and the decoder once per generated token, so the
 model is exported as two graphs over the model's own incremental API (model/transformer.py).
-Caches are one tensor per decoder layer i = 0 .. L-1 (the model's `Cache`):
-
-encoder.onnx
-    in   source_ids        int64   (batch, source_len)   EOS-terminated, right-padded with pad_id
-    out  cross_key_{i}     float32 (batch, heads, source_len, head_dim)
-         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
-
-decoder.onnx (one step)
-    in   tokens            int64   (batch, 1)             the previous token (BOS at step 0)
-         source_mask       bool    (batch, source_len)    True at real source tokens
-         eos_allowed       bool    ()                     False while min_length is not reached
-         cross_key_{i}     float32 (batch, heads, source_len, head_dim)
-         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
-         past_key_{i}      float32 (batch, heads, past_len, head_dim)
-         past_value_{i}    float32 (batch, heads, past_len, head_dim)
-    out  logits            float32 (batch, vocab)         next-token logits
-         top_log_probs     float32 (batch, TOP_K)         best next-token log-probabilities, best first
-         top_ids           int64   (batch, TOP_K)         their token ids
-         present_key_{i}   float32 (batch, heads, past_len + 1, head_dim)
-         present_value_{i} float32 (batch, heads, past_len + 1, head_dim)
+Caches are one tensor per decoder layer (the model's `Cache`). The graphs' inputs and outputs,
+names, types and shapes, are the contract in server/runtime/graph_io.py.
 
 The search itself runs in the graph's last nodes: log-softmax, the decoding rules (PAD and BOS
 never generated, EOS only when allowed) and top-k. A step then hands the Python loop 2 x 32
@@ -45,21 +27,6 @@ from model.decode_options import MAX_BEAM_SIZE
 from model.transformer import Cache, Transformer
 
 TOP_K = 2 * MAX_BEAM_SIZE
-
-
-def cache_names(prefix: str, layers: int) -> list[str]:
-    """Input or output names of a per-layer cache: e.g. past_key_0 .. past_key_{L-1}, then the values."""
-    return [f"{prefix}_{kind}_{i}" for kind in ("key", "value") for i in range(layers)]
-
-
-def encoder_names(layers: int) -> tuple[list[str], list[str]]:
-    return ["source_ids"], cache_names("cross", layers)
-
-
-def decoder_names(layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["tokens", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
-    outputs = ["logits", "top_log_probs", "top_ids", *cache_names("present", layers)]
-    return inputs, outputs
 
 
 class EncoderGraph(nn.Module):

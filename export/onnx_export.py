@@ -20,8 +20,9 @@ import onnx
 import torch
 from torch.export import Dim
 
-from export.graphs import DecoderStepGraph, EncoderGraph, decoder_names, encoder_names
+from export.graphs import DecoderStepGraph, EncoderGraph
 from model.transformer import Transformer
+from server.runtime import decoder_names, encoder_names
 
 OPSET = 18
 ENCODER_FILE = "encoder.onnx"

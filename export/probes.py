@@ -16,15 +16,13 @@ No torch here: the probes are the ONNX Runtime decoder's own outputs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from model.decode_options import DecodeOptions
 from model.scoring import score_translations
 from model.tokenizer import Tokenizer
-from server.runtime import OnnxGraphs, replay, translate_ids
+from server.runtime import PROBES_FILE, Heldout, OnnxGraphs, Probe, Probes, replay, translate_ids
 
-PROBES_FILE = "probes.json"
 PROBE_SENTENCES = 16
 HELDOUT_SENTENCES = 100
 HELDOUT_BEAM = 4
@@ -34,23 +32,22 @@ def evenly_spaced_indices(total: int, n: int) -> list[int]:
     return list(range(total)) if n >= total else [i * total // n for i in range(n)]
 
 
-def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> dict:
+def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> Probes:
     max_positions = graphs.config.max_positions
     probe_pairs = [pairs[i] for i in evenly_spaced_indices(len(pairs), PROBE_SENTENCES)]
     source_ids = tokenizer.encode_sources([s for s, _ in probe_pairs], max_positions)
     decoded = {name: replay(graphs, source_ids, beam) for name, beam in (("greedy", 1), ("beam4", 4))}
-    probes = [{"source": source, "source_ids": ids, "greedy": greedy, "beam4": beam4}
+    probes = [Probe(source, ids, greedy, beam4)
               for (source, _), ids, greedy, beam4 in zip(probe_pairs, source_ids, decoded["greedy"], decoded["beam4"])]
     heldout = [pairs[i] for i in evenly_spaced_indices(len(pairs), HELDOUT_SENTENCES)]
     heldout_ids = tokenizer.encode_sources([s for s, _ in heldout], max_positions)
     hypotheses = [h[0].tokens for h in translate_ids(graphs, heldout_ids, DecodeOptions(beam_size=HELDOUT_BEAM),
                                                       max_batch=len(heldout_ids))]
     scores = score_translations(tokenizer.decode_batch(hypotheses), [t for _, t in heldout])
-    return {"probes": probes,
-            "heldout": {"beam_size": HELDOUT_BEAM, "pairs": [list(p) for p in heldout], **scores}}
+    return Probes(probes, Heldout(HELDOUT_BEAM, heldout, scores["bleu"], scores["chrf"]))
 
 
 def write_probes(version_dir: Path, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> str:
     """Write probes.json into `version_dir`; returns its file name."""
-    (version_dir / PROBES_FILE).write_text(json.dumps(build_probes(graphs, tokenizer, pairs), ensure_ascii=False) + "\n")
+    (version_dir / PROBES_FILE).write_text(build_probes(graphs, tokenizer, pairs).to_json())
     return PROBES_FILE

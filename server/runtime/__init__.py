@@ -11,14 +11,16 @@ the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benc
 from server.runtime.repository import (MANIFEST, Manifest, ModelVersionError, file_record, load_manifest,
                                        next_version, sha256_file, versions)
 from server.runtime.sessions import CUDA, DeviceUnavailableError, SessionConfig, create_session
+from server.runtime.graph_io import cache_names, decoder_names, encoder_names
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.decoding import pad_ids, translate_ids
-from server.runtime.probes import replay
+from server.runtime.probes import PROBES_FILE, Heldout, Probe, Probes, replay
 from server.runtime.translator import Translation, Translator
 from server.runtime.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
 
 __all__ = [
-    "CUDA", "MANIFEST", "DeviceUnavailableError", "Gate", "GateFailure", "GateInterrupted", "LoadedVersion",
-    "Manifest", "ModelVersionError", "OnnxGraphs", "SessionConfig", "Translation", "Translator", "create_session",
-    "file_record", "load_manifest", "next_version", "pad_ids", "replay", "sha256_file", "translate_ids", "versions",
+    "CUDA", "MANIFEST", "PROBES_FILE", "DeviceUnavailableError", "Gate", "GateFailure", "GateInterrupted", "Heldout",
+    "LoadedVersion", "Manifest", "Probe", "Probes", "ModelVersionError", "OnnxGraphs", "SessionConfig", "Translation", "Translator", "cache_names",
+    "create_session", "decoder_names", "encoder_names", "file_record", "load_manifest", "next_version", "pad_ids",
+    "replay", "sha256_file", "translate_ids", "versions",
 ]

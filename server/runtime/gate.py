@@ -16,7 +16,6 @@ No torch, no gRPC here.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.scoring import score_translations
-from server.runtime.probes import replay
+from server.runtime.probes import Probes, replay
 from server.runtime.repository import Manifest, ModelVersionError, load_manifest
 from server.runtime.sessions import DeviceUnavailableError, SessionConfig
 from server.runtime.translator import Translator
@@ -100,35 +99,31 @@ class Gate:
         """Check 5: `candidate` against the version it would replace, on the candidate's held-out
         pairs (in a worker thread). Returns the verdict or raises GateFailure."""
         with _failures_rejected():
-            heldout = self._heldout(candidate.translator, candidate.manifest)
+            heldout = self._probes(candidate.translator, candidate.manifest).heldout
             self._continue()
-            new = heldout_chrf(candidate.translator, heldout["pairs"], heldout["beam_size"])
+            new = heldout_chrf(candidate.translator, heldout.pairs, heldout.beam_size)
             self._continue()
-            old = heldout_chrf(replaces.translator, heldout["pairs"], heldout["beam_size"])
+            old = heldout_chrf(replaces.translator, heldout.pairs, heldout.beam_size)
         if new < old - self.max_chrf_drop:
             raise GateFailure(f"held-out chrF {new:.2f} is more than {self.max_chrf_drop} below version "
                               f"{replaces.version}'s {old:.2f}")
         return f"held-out chrF {new:.2f} (version {replaces.version}: {old:.2f})"
 
     @staticmethod
-    def _probes(translator: Translator, manifest: Manifest) -> dict:
+    def _probes(translator: Translator, manifest: Manifest) -> Probes:
         if not manifest.probes:
             raise GateFailure("the version has no probes (exported by an older rosetta-export?)")
-        return json.loads((translator.graphs.dir / manifest.probes).read_text())
-
-    def _heldout(self, translator: Translator, manifest: Manifest) -> dict:
-        heldout = self._probes(translator, manifest)["heldout"]
-        return {"pairs": [tuple(p) for p in heldout["pairs"]], "beam_size": heldout["beam_size"]}
+        return Probes.read(translator.graphs.dir / manifest.probes)
 
     def _smoke_and_probes(self, translator: Translator, manifest: Manifest) -> None:
-        probes = self._probes(translator, manifest)
-        smoke = translator.translate([probes["probes"][0]["source"]], beam_size=1)[0]
+        probes = self._probes(translator, manifest).probes
+        smoke = translator.translate([probes[0].source], beam_size=1)[0]
         if not smoke.strip():
             raise GateFailure("smoke translation came back empty")
         for name, beam in (("greedy", 1), ("beam4", 4)):
             self._continue()
-            tokens = replay(translator.graphs, [p["source_ids"] for p in probes["probes"]], beam)
-            differing = [i for i, (a, p) in enumerate(zip(tokens, probes["probes"])) if a != p[name]]
+            tokens = replay(translator.graphs, [p.source_ids for p in probes], beam)
+            differing = [i for i, (a, p) in enumerate(zip(tokens, probes)) if a != getattr(p, name)]
             if differing:
                 raise GateFailure(f"{name} probes differ from the export's at sentences {differing[:5]}")
 

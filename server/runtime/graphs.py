@@ -1,6 +1,6 @@
 """A model version's ONNX graphs behind two calls: encode a batch, run one decoder step.
 
-Input and output names and shapes are those documented in export/graphs.py: every cache is a
+Input and output names and shapes are the contract in server/runtime/graph_io.py: every cache is a
 list of tensors, one (B, H, P, Dh) tensor per decoder layer. No torch here.
 
 Where the cache lives (SessionConfig.device_cache): as numpy arrays, or as ONNX Runtime values
@@ -23,16 +23,12 @@ import numpy as np
 import onnxruntime as ort
 
 from model.config import ModelConfig
+from server.runtime.graph_io import cache_names
 from server.runtime.repository import Manifest, load_manifest
 from server.runtime.sessions import CUDA, SessionConfig, create_session
 
 Tensor = np.ndarray | ort.OrtValue
 Cache = list[Tensor]  # one (B, H, P, Dh) tensor per decoder layer
-
-
-def cache_names(prefix: str, layers: int) -> list[str]:
-    """Names of a per-layer cache in a graph: e.g. past_key_0 .. past_key_{L-1}, then the values."""
-    return [f"{prefix}_{kind}_{i}" for kind in ("key", "value") for i in range(layers)]
 
 
 @dataclass

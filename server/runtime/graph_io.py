@@ -1,0 +1,42 @@
+"""The graphs' inputs and outputs: the contract between the exporter, which writes them
+(export/graphs.py), and the runtime, which feeds them (server/runtime/graphs.py). Defined once,
+here. Caches are one tensor per decoder layer i = 0 .. L-1:
+
+encoder.onnx
+    in   source_ids        int64   (batch, source_len)   EOS-terminated, right-padded with pad_id
+    out  cross_key_{i}     float32 (batch, heads, source_len, head_dim)
+         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
+
+decoder.onnx (one step)
+    in   tokens            int64   (batch, 1)             the previous token (BOS at step 0)
+         source_mask       bool    (batch, source_len)    True at real source tokens
+         eos_allowed       bool    ()                     False while min_length is not reached
+         cross_key_{i}     float32 (batch, heads, source_len, head_dim)
+         cross_value_{i}   float32 (batch, heads, source_len, head_dim)
+         past_key_{i}      float32 (batch, heads, past_len, head_dim)
+         past_value_{i}    float32 (batch, heads, past_len, head_dim)
+    out  logits            float32 (batch, vocab)         next-token logits
+         top_log_probs     float32 (batch, TOP_K)         best next-token log-probabilities, best first
+         top_ids           int64   (batch, TOP_K)         their token ids
+         present_key_{i}   float32 (batch, heads, past_len + 1, head_dim)
+         present_value_{i} float32 (batch, heads, past_len + 1, head_dim)
+"""
+
+from __future__ import annotations
+
+
+def cache_names(prefix: str, layers: int) -> list[str]:
+    """Input or output names of a per-layer cache: e.g. past_key_0 .. past_key_{L-1}, then the values."""
+    return [f"{prefix}_{kind}_{i}" for kind in ("key", "value") for i in range(layers)]
+
+
+def encoder_names(layers: int) -> tuple[list[str], list[str]]:
+    """The encoder graph's input and output names."""
+    return ["source_ids"], cache_names("cross", layers)
+
+
+def decoder_names(layers: int) -> tuple[list[str], list[str]]:
+    """The decoder step graph's input and output names."""
+    inputs = ["tokens", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
+    outputs = ["logits", "top_log_probs", "top_ids", *cache_names("present", layers)]
+    return inputs, outputs

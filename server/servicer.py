@@ -42,6 +42,25 @@ class RequestError(Exception):
         self.code = code
 
 
+# Errors of the layers below that a caller can act on, and the status each is answered with.
+REFUSALS: dict[type[Exception], grpc.StatusCode] = {
+    ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+    VersionRejectedError: grpc.StatusCode.FAILED_PRECONDITION,
+    VersionUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    RequestTooLargeError: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def refusal(error: Exception) -> RequestError | None:
+    """The answer to an error a caller can act on; None for a bug."""
+    if isinstance(error, RequestError):
+        return error
+    code = REFUSALS.get(type(error))
+    return None if code is None else RequestError(code, str(error))
+
+
 def decode_options(options: pb.DecodingOptions) -> DecodeOptions:
     """The request's options with the documented defaults, or INVALID_ARGUMENT."""
     try:
@@ -75,14 +94,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
     async def _version(self, model: str, version: int) -> LoadedVersion:
         if not self.registry.ready:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "no model is ready yet: the server is loading; retry shortly")
-        try:
-            return await self.registry.resolve(model, version)
-        except ModelNotFoundError as e:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, str(e)) from None
-        except VersionRejectedError as e:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-        except VersionUnavailableError as e:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+        return await self.registry.resolve(model, version)
 
     def _prepare(self, version: LoadedVersion, text: str, index: int | None = None) -> _Text:
         where = "" if index is None else f"text {index}: "
@@ -107,14 +119,7 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         ids = [sentence for text in texts for sentence in text.ids]
-        try:
-            hypotheses = await self.batcher.translate(version, ids, options, deadline)
-        except RequestTooLargeError as e:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        except QueueFullError as e:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        except DeadlineExpiredError as e:
-            raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from None
+        hypotheses = await self.batcher.translate(version, ids, options, deadline)
         return sentences.split_by_lengths(hypotheses, [len(text.ids) for text in texts])
 
     def _response(self, version: LoadedVersion, text: _Text, per_sentence: list[list[Hypothesis]],
@@ -144,16 +149,16 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         started, code = time.perf_counter(), "OK"
         try:
             return await work()
-        except RequestError as e:
-            code = e.code.name
-            await context.abort(e.code, str(e))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as e:
+            refused = refusal(e)
+            if refused is None:
+                log.exception("%s failed", method)
+                refused = RequestError(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            code = refused.code.name
+            await context.abort(refused.code, str(refused))
         finally:
             seconds = time.perf_counter() - started
             if self.metrics is not None:
@@ -195,13 +200,13 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             try:
                 response = await self._translate(item.request, context)
                 await results.put(pb.TranslateStreamResponse(id=item.id, response=response))
-            except RequestError as e:
-                await results.put(pb.TranslateStreamResponse(id=item.id, error=pb.Error(code=e.code.value[0],
-                                                                                      message=str(e))))
-            except Exception:  # a bug: this item fails, the stream goes on
-                log.exception("translating a stream item failed")
+            except Exception as e:  # this item fails, the stream goes on
+                refused = refusal(e)
+                if refused is None:
+                    log.exception("translating a stream item failed")
+                    refused = RequestError(grpc.StatusCode.INTERNAL, "internal error; see the server log")
                 await results.put(pb.TranslateStreamResponse(id=item.id, error=pb.Error(
-                    code=grpc.StatusCode.INTERNAL.value[0], message="internal error; see the server log")))
+                    code=refused.code.value[0], message=str(refused))))
 
         async def read() -> None:
             try:

@@ -242,7 +242,7 @@ def test_a_stream_ends_on_the_server_when_its_client_cancels(server):
     call = server.stub.TranslateStream(requests(), timeout=60)
     assert next(call).response.translation == PAIRS[0][1]
     call.cancel()
-    wait_for(lambda: cancelled() == before + 1, 10)
+    wait_for(lambda: cancelled() > before, 30)
     release.set()
 
 

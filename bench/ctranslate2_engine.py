@@ -196,7 +196,7 @@ def _self_check() -> None:
     import tempfile
 
     from model.batching import pad
-    from model.decode_options import DecodeOptions
+    from model.search import DecodeOptions
     from model.decoding import translate_ids
     from tests.builders import EOS, make_model
 

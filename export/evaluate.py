@@ -41,8 +41,8 @@ def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_s
 def translate_with_checkpoint(path: Path, sources: list[str], *, beam: int, batch_size: int,
                               length_penalty: float) -> tuple[list[str], str]:
     from model.checkpoint import load_checkpoint
-    from model.decode_options import DecodeOptions
-    from model.evaluate import translate_texts
+    from model.search import DecodeOptions
+    from model.translate import translate_texts
 
     checkpoint = load_checkpoint(path)
     options = DecodeOptions(beam_size=beam, length_penalty=length_penalty)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model.batching import pad
-from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
+from model.search import DecodeOptions, Hypothesis, length_sorted_batches
 from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
 from model.tokenizer import Tokenizer

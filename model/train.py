@@ -43,7 +43,7 @@ from model.batching import Batch, EncodedPairs, collate, encode_pairs, token_bat
 from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
 from model.config import ModelConfig
 from model.distributed import Distributed, process_group
-from model.evaluate import translate_texts
+from model.translate import translate_texts
 from model.plot import plot_curves
 from model.progress import progress_bar
 from model.scoring import score_translations

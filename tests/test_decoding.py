@@ -7,9 +7,9 @@ import torch
 
 from model.batching import pad
 from model.checkpoint import load_checkpoint
-from model.decode_options import DecodeOptions
+from model.search import DecodeOptions
 from model.decoding import translate_ids
-from model.evaluate import translate_hypotheses, translate_texts
+from model.translate import translate_hypotheses, translate_texts
 from tests.builders import make_model, random_batch, tiny_pairs
 
 

@@ -20,7 +20,7 @@ from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET
 from model.checkpoint import WEIGHTS, load_checkpoint
-from model.decode_options import DecodeOptions
+from model.search import DecodeOptions
 from server.runtime import (MANIFEST, ModelVersionError, OnnxGraphs, SessionConfig, load_manifest, sha256_file,
                             translate_ids, versions)
 from tests.builders import tiny_pairs

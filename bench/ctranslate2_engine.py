@@ -196,8 +196,8 @@ def _self_check() -> None:
     import tempfile
 
     from model.batching import pad
-    from model.search import DecodeOptions
     from model.decoding import translate_ids
+    from model.search import DecodeOptions
     from tests.builders import EOS, make_model
 
     torch.set_num_threads(1)

@@ -29,8 +29,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, length_sorted_batches,
-                          normalized_score)
+from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, greedy_hypothesis,
+                          length_sorted_batches)
 from server.runtime.graphs import OnnxGraphs
 
 Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
@@ -141,8 +141,7 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
             active = [active[r] for r in keep]
         tokens = best[:, None].astype(np.int64)
     return [
-        [] if sentence in gone else
-        [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
+        [] if sentence in gone else [greedy_hypothesis(out, score, limit, options.length_penalty)]
         for sentence, (out, score, limit) in enumerate(zip(outputs, scores, limits))
     ]
 

@@ -29,7 +29,7 @@ from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from model.progress import progress_bar
 from model.search import mode_label
-from model.tsv import TsvError, read_tsv
+from model.tsv import TsvError, read_test_pairs
 from server.runtime import Manifest, OnnxGraphs, SessionConfig, file_record, sha256_file
 
 log = logging.getLogger("rosetta.export")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     # force: a library may have configured the root logger at import (onnxruntime's quantizer does).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        pairs, _ = read_tsv(args.test, strict=True)
+        pairs = read_test_pairs(args.test)
     except (TsvError, OSError) as e:
         print(f"rosetta-export: {e}", file=sys.stderr)
         return 2

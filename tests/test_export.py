@@ -183,6 +183,18 @@ def test_evaluate_names_the_malformed_line(tiny_version, tmp_path, capsys):
     assert "line 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [("The red cat.\tEl gato rojo.\nno reference here\n", "line 2"),
+                                              ("", "holds no pairs")])
+def test_both_commands_refuse_a_test_set_with_a_bad_line_or_no_pairs(content, message, tmp_path, capsys):
+    (tmp_path / "test.tsv").write_text(content)
+    test = ["--test", str(tmp_path / "test.tsv")]
+    assert evaluate_main(["--model", str(tmp_path / "no-model"), *test]) == 2
+    assert f"rosetta-evaluate: {tmp_path / 'test.tsv'}" in (err := capsys.readouterr().err) and message in err
+    assert export_main([str(tmp_path / "no-checkpoint"), "--repository", str(tmp_path / "models"), *test]) == 2
+    assert f"rosetta-export: {tmp_path / 'test.tsv'}" in (err := capsys.readouterr().err) and message in err
+    assert not (tmp_path / "models").exists()
+
+
 def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):
     """What a server checks before serving a version: the probes' tokens and the held-out score."""
     probes = json.loads((tiny_version / "probes.json").read_text())

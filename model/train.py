@@ -41,13 +41,13 @@ from tqdm import tqdm  # tqdm.write: messages that do not break the bar
 
 from model.batching import Batch, EncodedPairs, collate, encode_pairs, token_batches
 from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
-from model.config import ModelConfig
+from model.config import PAD_ID, ModelConfig
 from model.distributed import Distributed, process_group
 from model.translate import translate_texts
 from model.plot import plot_curves
 from model.progress import progress_bar
 from model.scoring import score_translations
-from model.tokenizer import PAD_ID, Tokenizer
+from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from model.tsv import read_tsv
 

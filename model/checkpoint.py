@@ -115,3 +115,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / TRAINER, map_location="cpu", weights_only=True)
+
+
+def step_checkpoint(directory: Path, step: int) -> Path:
+    """Where a run keeps its periodic checkpoint of `step`."""
+    return directory / f"step-{step}"
+
+
+def step_checkpoints(directory: Path) -> list[Path]:
+    """A run's periodic checkpoints in `directory`, by step, oldest first."""
+    return sorted(directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm import tqdm  # tqdm.write: messages that do not break the bar
 
 from model.batching import Batch, EncodedPairs, collate, encode_pairs, token_batches
-from model.checkpoint import Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint
+from model.checkpoint import (Checkpoint, load_checkpoint, load_trainer_state, save_checkpoint, step_checkpoint,
+                              step_checkpoints)
 from model.config import PAD_ID, ModelConfig
 from model.distributed import Distributed, process_group
 from model.translate import translate_texts
@@ -214,7 +215,7 @@ class Run:
         return self.dir / "checkpoints"
 
     def latest_checkpoint(self) -> Path | None:
-        steps = sorted(self.checkpoint_dir().glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        steps = step_checkpoints(self.checkpoint_dir())
         return steps[-1] if steps else None
 
     def info(self) -> dict[str, Any]:
@@ -253,9 +254,9 @@ class Run:
         if not self.dist.is_main:
             self.dist.barrier()  # resuming needs the checkpoint complete before any rank goes on
             return None
-        path = save_checkpoint(self.checkpoint_dir() / f"step-{self.step}", self.model, self.tokenizer, self.info(), state)
-        steps = sorted(self.checkpoint_dir().glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in steps[: -self.config.keep_checkpoints]:
+        path = save_checkpoint(step_checkpoint(self.checkpoint_dir(), self.step), self.model, self.tokenizer, self.info(),
+                               state)
+        for old in step_checkpoints(self.checkpoint_dir())[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
         self.dist.barrier()
         return path

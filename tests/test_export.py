@@ -19,7 +19,7 @@ from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET
-from model.checkpoint import WEIGHTS, load_checkpoint
+from model.checkpoint import WEIGHTS, load_checkpoint, step_checkpoints
 from model.search import DecodeOptions
 from server.runtime import (MANIFEST, ModelVersionError, OnnxGraphs, SessionConfig, load_manifest, sha256_file,
                             translate_ids, versions)
@@ -69,7 +69,7 @@ def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint
 
 def test_re_export_creates_the_next_version_and_leaves_older_ones_untouched(tiny_version, tiny_run, repository):
     before = tree_hashes(tiny_version)
-    second = sorted((tiny_run / "checkpoints").glob("step-*"))[0]  # another checkpoint of the run
+    second = step_checkpoints(tiny_run / "checkpoints")[0]  # another checkpoint of the run
     version_dir, report = export_version(second, repository, "tiny", tiny_pairs()[:4], beam_sizes=(1,))
     assert report["passed"]
     assert version_dir.name == str(max(versions(repository / "tiny")))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
+from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint, step_checkpoints
 from model.train import evenly_spaced, inverse_sqrt, main
 from model.tsv import TsvError, read_tsv
 from tests.builders import random_batch, tiny_pairs
@@ -143,6 +143,12 @@ def test_init_from_starts_with_the_checkpoint_weights_and_tokenizer(tiny_checkpo
     with pytest.raises(SystemExit, match="own tokenizer"):
         train(tiny_corpus, tmp_path / "both", "--init-from", str(tiny_checkpoint), "--tokenizer",
               str(tiny_checkpoint / "tokenizer.model"))
+
+
+def test_step_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    for step in (100, 9, 10):
+        (tmp_path / f"step-{step}").mkdir()
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-9", "step-10", "step-100"]
 
 
 def test_validation_sample_spans_the_whole_file():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.decode_options import DecodeOptions
+from model.search import DecodeOptions
 from model.tsv import read_tsv
 from server.runtime import SessionConfig, Translator
 

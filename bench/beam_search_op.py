@@ -68,7 +68,7 @@ from decode_speed import (ORT_SETTINGS, WORKLOAD, load_workload, machine,  # noq
                           measure_mode, prepare_arch, workload_sources)
 
 from model.config import ModelConfig  # noqa: E402
-from model.decode_options import DecodeOptions  # noqa: E402
+from model.search import DecodeOptions  # noqa: E402
 from server.runtime import translate_ids  # noqa: E402
 from server.runtime import OnnxGraphs  # noqa: E402
 from server.runtime import load_manifest  # noqa: E402

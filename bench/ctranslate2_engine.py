@@ -23,7 +23,7 @@ import torch
 from ctranslate2.specs import attention_spec, common_spec, transformer_spec
 
 from model.attention import CrossAttention, SelfAttention
-from model.config import ModelConfig
+from model.config import EOS_ID, ModelConfig
 from model.transformer import FeedForward, Transformer
 
 # CTranslate2 finds the special tokens by these strings (its SequenceToSequenceModelConfig defaults).
@@ -196,15 +196,15 @@ def _self_check() -> None:
     import tempfile
 
     from model.batching import pad
-    from model.decode_options import DecodeOptions
     from model.decoding import translate_ids
-    from tests.builders import EOS, make_model
+    from model.search import DecodeOptions
+    from tests.builders import make_model
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     vocab = 500
-    sources = [rng.integers(4, vocab, size=int(n) - 1).tolist() + [EOS] for n in rng.integers(2, 40, size=32)]
+    sources = [rng.integers(4, vocab, size=int(n) - 1).tolist() + [EOS_ID] for n in rng.integers(2, 40, size=32)]
     runs = {"free (min 0, max 40)": (0, 40), "min 6, max 40": (6, 40), "fixed length (min 12 = max 12)": (12, 12),
             "past max_positions (min 100 = max 100, both cap at 63)": (100, 100)}
     failures = 0

@@ -179,7 +179,7 @@ def peak_rss_mb() -> float:
 def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], streams: int = 1, device: str = "cpu",
                    device_cache: bool | None = None) -> Callable[[list[list[int]], int, int], None]:
     """A function decoding a batch of source ids with `engine` on `device` to exactly `length` tokens."""
-    from model.decode_options import DecodeOptions
+    from model.search import DecodeOptions
 
     intra, inter = threads
     if engine == "pytorch":

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.decode_speed import ROOT, WORKLOAD, load_workload, machine, measure_mode, prepare_arch, workload_sources
-from model.decode_options import DecodeOptions
+from model.search import DecodeOptions
 from server.runtime import OnnxGraphs, SessionConfig, translate_ids
 
 DEFAULT = SessionConfig(device="cpu", intra_op_threads=2)

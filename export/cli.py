@@ -28,7 +28,8 @@ from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from model.progress import progress_bar
-from model.tsv import TsvError, read_tsv
+from model.search import mode_label
+from model.tsv import TsvError, read_test_pairs
 from server.runtime import Manifest, OnnxGraphs, SessionConfig, file_record, sha256_file
 
 log = logging.getLogger("rosetta.export")
@@ -101,8 +102,7 @@ def summary(report: dict) -> str:
     lines = [f"tensors ({report['tensors']['cases']} shape cases): max abs diff encoder {diffs['encoder']:.2e}, "
              f"logits {diffs['logits']:.2e}, cache {diffs['cache']:.2e}"]
     for run in report["translations"]:
-        mode = "greedy" if run["beam_size"] == 1 else f"beam {run['beam_size']}"
-        lines.append(f"{mode}: {run['identical']}/{run['sentences']} identical to PyTorch; "
+        lines.append(f"{mode_label(run['beam_size'])}: {run['identical']}/{run['sentences']} identical to PyTorch; "
                      f"BLEU {run['onnxruntime']['bleu']:.2f} (PyTorch {run['pytorch']['bleu']:.2f}), "
                      f"chrF {run['onnxruntime']['chrf']:.2f} (PyTorch {run['pytorch']['chrf']:.2f})")
     lines.append("parity gate: passed" if report["passed"] else "parity gate: FAILED\n  " + "\n  ".join(report["failures"]))
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     # force: a library may have configured the root logger at import (onnxruntime's quantizer does).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        pairs, _ = read_tsv(args.test, strict=True)
+        pairs = read_test_pairs(args.test)
     except (TsvError, OSError) as e:
         print(f"rosetta-export: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from model.progress import progress_bar
 from model.scoring import score_translations
-from model.tsv import TsvError, read_tsv
+from model.tsv import TsvError, read_test_pairs
 from server.runtime import MANIFEST
 
 
@@ -41,8 +41,8 @@ def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_s
 def translate_with_checkpoint(path: Path, sources: list[str], *, beam: int, batch_size: int,
                               length_penalty: float) -> tuple[list[str], str]:
     from model.checkpoint import load_checkpoint
-    from model.decode_options import DecodeOptions
-    from model.evaluate import translate_texts
+    from model.search import DecodeOptions
+    from model.translate import translate_texts
 
     checkpoint = load_checkpoint(path)
     options = DecodeOptions(beam_size=beam, length_penalty=length_penalty)
@@ -67,12 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        pairs, _ = read_tsv(args.test, strict=True)
+        pairs = read_test_pairs(args.test)
     except (TsvError, OSError) as e:
         print(f"rosetta-evaluate: {e}", file=sys.stderr)
-        return 2
-    if not pairs:
-        print(f"rosetta-evaluate: {args.test} holds no pairs", file=sys.stderr)
         return 2
     sources = [s for s, _ in pairs]
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.decode_options import MAX_BEAM_SIZE
+from model.search import MAX_BEAM_SIZE
 from model.transformer import Cache, Transformer
 
 TOP_K = 2 * MAX_BEAM_SIZE

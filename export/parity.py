@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from model.batching import pad
-from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
 from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
+from model.search import DecodeOptions, Hypothesis, length_sorted_batches, mode_label
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from server.runtime import OnnxGraphs, pad_ids, translate_ids as onnx_translate_ids
@@ -159,7 +159,7 @@ def judge(report: dict, precision: str) -> list[str]:
         failures += [f"{name} max abs diff {value:.3g} > {tolerance.max_abs_diff:g}"
                      for name, value in diffs.items() if value > tolerance.max_abs_diff]
     for run in report["translations"]:
-        name = "greedy" if run["beam_size"] == 1 else f"beam {run['beam_size']}"
+        name = mode_label(run["beam_size"])
         if tolerance.identical_tokens and run["identical"] != run["sentences"]:
             failures.append(f"{name}: {run['sentences'] - run['identical']} of {run['sentences']} translations differ "
                             f"from PyTorch (first at sentences {run['first_differences']})")

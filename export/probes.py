@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.decode_options import DecodeOptions
 from model.scoring import score_translations
+from model.search import DecodeOptions
 from model.tokenizer import Tokenizer
 from server.runtime import PROBES_FILE, Heldout, OnnxGraphs, Probe, Probes, replay, translate_ids
 

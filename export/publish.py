@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from model.fsync import fsync_dir, fsync_file
 from server.runtime import MANIFEST, Manifest, next_version
 
 STAGING_PREFIX = ".staging-"
@@ -43,7 +44,7 @@ def _alive(pid: int) -> bool:
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(manifest.to_json())
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, directory / MANIFEST)
 
 
@@ -57,7 +58,7 @@ def publish(staging: Path, manifest: Manifest) -> Path:
     model_dir = staging.parent
     staging.chmod(0o755)  # mkdtemp makes it private; servers running as another user must read it
     for path in staging.iterdir():
-        _fsync(path)
+        fsync_file(path)
     while True:
         version = next_version(model_dir)
         write_manifest(staging, replace(manifest, version=version))
@@ -68,18 +69,5 @@ def publish(staging: Path, manifest: Manifest) -> Path:
             if target.exists():
                 continue
             raise
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
         return target
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from model.config import BOS_ID, EOS_ID, PAD_ID
+from model.tokenizer import Tokenizer
 
 
 @dataclass
@@ -73,10 +74,6 @@ class Batch:
     source: torch.Tensor  # (B, S) ids, EOS-terminated, right-padded
     target_in: torch.Tensor  # (B, T) BOS + target, right-padded
     target_out: torch.Tensor  # (B, T) target + EOS, right-padded
-
-    @property
-    def target_tokens(self) -> int:
-        return int((self.target_out != PAD_ID).sum())
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.source.to(device), self.target_in.to(device), self.target_out.to(device))

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import ModelConfig
+from model.fsync import fsync_file
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
@@ -80,7 +81,7 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER)
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_file(f)
         if path.exists():
             # Move the old one aside first: a rename over a non-empty directory is not allowed.
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
@@ -93,11 +94,6 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -119,3 +115,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / TRAINER, map_location="cpu", weights_only=True)
+
+
+def step_checkpoint(directory: Path, step: int) -> Path:
+    """Where a run keeps its periodic checkpoint of `step`."""
+    return directory / f"step-{step}"
+
+
+def step_checkpoints(directory: Path) -> list[Path]:
+    """A run's periodic checkpoints in `directory`, by step, oldest first."""
+    return sorted(directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))

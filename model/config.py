@@ -7,14 +7,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# The special token ids, defined here once: the tokenizer is trained with them, and the model,
+# the exported graphs and every decoder must agree on them.
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Every size of the encoder-decoder Transformer.
-
-    The special token ids belong here too: the tokenizer defines them, and the
-    model, the exported graphs and every decoder must agree on them.
-    """
+    """Every size of the encoder-decoder Transformer, and the special token ids it was trained with."""
 
     vocab_size: int = 8000
     d_model: int = 256
@@ -28,10 +28,10 @@ class ModelConfig:
     activation_dropout: float = 0.0  # inside the FFN; off by default: on CPU each dropout mask costs real time
     norm_first: bool = True  # pre-norm trains stably without a long warmup; False gives post-norm
     tie_embeddings: bool = True  # one matrix for source, target and output (joint vocabulary)
-    pad_id: int = 0
-    unk_id: int = 1
-    bos_id: int = 2
-    eos_id: int = 3
+    pad_id: int = PAD_ID
+    unk_id: int = UNK_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads != 0:

@@ -8,7 +8,7 @@ so the search is spelled out plainly:
 - Greedy: take the arg-max token; a sentence finishes at EOS or at its budget and leaves the
   batch (its rows stop costing compute).
 - Beam: each step ranks beam score + log p(token) over all K*V continuations and hands the top
-  2K of each sentence to its `SentenceBeams` (model/decode_options.py), the bookkeeping that the
+  2K of each sentence to its `SentenceBeams` (model/search.py), the bookkeeping that the
   ONNX Runtime decoder shares: which hypotheses finish, which beams live on, when it is done.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from model.decode_options import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, normalized_score
+from model.search import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, greedy_hypothesis
 from model.transformer import Cache, Transformer
 
 
@@ -86,10 +86,8 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
             src_mask, best = src_mask.index_select(0, index), best.index_select(0, index)
             active = [active[r] for r in keep]
         tokens = best[:, None]
-    return [
-        [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
-        for out, score, limit in zip(outputs, scores, limits)
-    ]
+    return [[greedy_hypothesis(out, score, limit, options.length_penalty)]
+            for out, score, limit in zip(outputs, scores, limits)]
 
 
 def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from model.device import DeviceError
+
 # The other ranks wait at a barrier while rank 0 validates (greedy decoding of up to
 # --valid-bleu-sentences) and saves; NCCL's default timeout of 10 minutes is too short for that.
 TIMEOUT = timedelta(hours=1)
@@ -110,8 +112,8 @@ def process_group(backend: str, device: torch.device) -> Iterator[Distributed]:
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise SystemExit(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible): "
-                             "start at most one process per GPU (torchrun --nproc-per-node)")
+            raise DeviceError(f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} visible): "
+                              "start at most one process per GPU (torchrun --nproc-per-node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if backend == "auto":

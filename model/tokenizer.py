@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 class SourceTooLongError(ValueError):
@@ -115,9 +115,6 @@ class Tokenizer:
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return self._sp.decode([[i for i in ids if i > EOS_ID] for ids in batch])
-
-    def pieces(self, text: str) -> list[str]:
-        return self._sp.encode(text, out_type=str)
 
 
 # sentencepiece encodes a list on a pool of threads that it starts for the call: worth it for a

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 class TsvError(ValueError):
-    """A malformed line in a file read strictly."""
+    """A file read strictly that holds a malformed line, or no pair at all."""
 
 
 @dataclass
@@ -79,6 +79,15 @@ def read_tsv(path: str | Path, *, strict: bool = False, max_examples: int = 5) -
             pairs.append(pair)
     report.pairs = len(pairs)
     return pairs, report
+
+
+def read_test_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """Every line of a test set as a pair: the first malformed line, or a file without pairs,
+    raises TsvError, since a skipped line would change the score."""
+    pairs, _ = read_tsv(path, strict=True)
+    if not pairs:
+        raise TsvError(f"{path} holds no pairs")
+    return pairs
 
 
 def write_tsv(path: str | Path, pairs: list[tuple[str, str]]) -> None:

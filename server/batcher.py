@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from model.decode_options import DecodeOptions, Hypothesis
+from model.search import DecodeOptions, Hypothesis
 from server.runtime import LoadedVersion
 from server.sentences import split_by_lengths
 

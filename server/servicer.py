@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from model.decode_options import DecodeOptions, Hypothesis
+from model.search import DecodeOptions, Hypothesis
 from model.tokenizer import SourceTooLongError
 from server import sentences
 from rosetta.v1 import translator_pb2 as pb

@@ -6,10 +6,8 @@ import random
 
 import torch
 
-from model.config import ModelConfig
+from model.config import EOS_ID, PAD_ID, ModelConfig
 from model.transformer import Transformer
-
-PAD, BOS, EOS = 0, 2, 3
 
 
 def make_model(**overrides) -> Transformer:
@@ -23,10 +21,10 @@ def make_model(**overrides) -> Transformer:
 def random_batch(lengths: list[int], vocab: int = 50, seed: int = 1) -> torch.Tensor:
     """Right-padded, EOS-terminated source ids of the given lengths."""
     g = torch.Generator().manual_seed(seed)
-    out = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
+    out = torch.full((len(lengths), max(lengths)), PAD_ID, dtype=torch.long)
     for row, n in enumerate(lengths):
         out[row, : n - 1] = torch.randint(4, vocab, (n - 1,), generator=g)
-        out[row, n - 1] = EOS
+        out[row, n - 1] = EOS_ID
     return out
 
 

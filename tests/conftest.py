@@ -72,8 +72,9 @@ def tiny_run(tiny_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
     """The newest checkpoint of the tiny run."""
-    steps = sorted((tiny_run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return steps[-1]
+    from model.checkpoint import step_checkpoints
+
+    return step_checkpoints(tiny_run / "checkpoints")[-1]
 
 
 @pytest.fixture(scope="session")

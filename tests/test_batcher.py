@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from model.decode_options import DecodeOptions, Hypothesis
+from model.search import DecodeOptions, Hypothesis
 from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 
 VERSION = object()  # the batcher only tells versions apart; a decode function gets it back

@@ -7,9 +7,9 @@ import torch
 
 from model.batching import pad
 from model.checkpoint import load_checkpoint
-from model.decode_options import DecodeOptions
 from model.decoding import translate_ids
-from model.evaluate import translate_hypotheses, translate_texts
+from model.search import DecodeOptions, greedy_hypothesis, mode_label
+from model.translate import translate_hypotheses, translate_texts
 from tests.builders import make_model, random_batch, tiny_pairs
 
 
@@ -72,6 +72,16 @@ def test_output_budget_follows_each_sentence_and_the_model_maximum():
     assert options.target_limit(5, max_positions=256) == 20
     assert options.target_limit(200, max_positions=256) == 255
     assert DecodeOptions(max_length=7).target_limit(100, max_positions=256) == 7
+
+
+def test_a_greedy_length_counts_the_eos_it_ended_with_but_not_one_cut_off_by_the_budget():
+    assert greedy_hypothesis([7, 8, 9], -6.0, limit=10, length_penalty=1.0).score == pytest.approx(-1.5)
+    assert greedy_hypothesis([7, 8, 9], -6.0, limit=3, length_penalty=1.0).score == pytest.approx(-2.0)
+    assert greedy_hypothesis([], -1.0, limit=5, length_penalty=1.0).score == pytest.approx(-1.0)
+
+
+def test_reports_name_a_search_greedy_or_by_its_beam():
+    assert [mode_label(beam) for beam in (1, 4, 16)] == ["greedy", "beam 4", "beam 16"]
 
 
 def test_special_tokens_are_never_generated():

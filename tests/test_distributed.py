@@ -15,8 +15,11 @@ from model.batching import encode_pairs, token_batches
 from model.checkpoint import load_checkpoint, load_trainer_state
 from model.config import ModelConfig
 from model.distributed import Distributed
+from model.resume import ResumeError, check_world_size
+from model.run import Run
 from model.tokenizer import Tokenizer
-from model.train import Run, TrainConfig, main
+from model.train import main
+from model.train_config import TrainConfig
 from model.tsv import write_tsv
 from tests.builders import tiny_pairs
 from tests.test_training import args_with
@@ -85,6 +88,15 @@ def test_shards_are_disjoint_cover_the_batch_and_never_leave_a_rank_idle():
         assert max(map(len, real)) - min(map(len, real)) <= 1
         assert all(indices for indices, _ in shards)  # every rank has a forward and backward to run
     assert Distributed(rank=1, world_size=2).shard([5]) == ([5], 0.0)
+
+
+def test_a_checkpoint_resumes_only_with_as_many_processes_as_trained_it(tmp_path):
+    check_world_size(tmp_path, {"world_size": 2}, Distributed(rank=1, world_size=2))
+    check_world_size(tmp_path, {}, Distributed())  # a single process's checkpoint records no world size
+    with pytest.raises(ResumeError, match="trained by 2 process\\(es\\), this is 1"):
+        check_world_size(tmp_path, {"world_size": 2}, Distributed())
+    with pytest.raises(ResumeError, match="trained by 1 process\\(es\\), this is 4"):
+        check_world_size(tmp_path, {}, Distributed(rank=0, world_size=4))
 
 
 def test_two_processes_train_the_same_parameters_as_one(tmp_path):

@@ -19,8 +19,8 @@ from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET
-from model.checkpoint import WEIGHTS, load_checkpoint
-from model.decode_options import DecodeOptions
+from model.checkpoint import WEIGHTS, load_checkpoint, step_checkpoints
+from model.search import DecodeOptions
 from server.runtime import (MANIFEST, ModelVersionError, OnnxGraphs, SessionConfig, load_manifest, sha256_file,
                             translate_ids, versions)
 from tests.builders import tiny_pairs
@@ -69,7 +69,7 @@ def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint
 
 def test_re_export_creates_the_next_version_and_leaves_older_ones_untouched(tiny_version, tiny_run, repository):
     before = tree_hashes(tiny_version)
-    second = sorted((tiny_run / "checkpoints").glob("step-*"))[0]  # another checkpoint of the run
+    second = step_checkpoints(tiny_run / "checkpoints")[0]  # another checkpoint of the run
     version_dir, report = export_version(second, repository, "tiny", tiny_pairs()[:4], beam_sizes=(1,))
     assert report["passed"]
     assert version_dir.name == str(max(versions(repository / "tiny")))
@@ -181,6 +181,18 @@ def test_evaluate_names_the_malformed_line(tiny_version, tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("The red cat.\tEl gato rojo.\nno reference here\n")
     assert evaluate_main(["--model", str(tiny_version), "--test", str(tmp_path / "bad.tsv")]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [("The red cat.\tEl gato rojo.\nno reference here\n", "line 2"),
+                                              ("", "holds no pairs")])
+def test_both_commands_refuse_a_test_set_with_a_bad_line_or_no_pairs(content, message, tmp_path, capsys):
+    (tmp_path / "test.tsv").write_text(content)
+    test = ["--test", str(tmp_path / "test.tsv")]
+    assert evaluate_main(["--model", str(tmp_path / "no-model"), *test]) == 2
+    assert f"rosetta-evaluate: {tmp_path / 'test.tsv'}" in (err := capsys.readouterr().err) and message in err
+    assert export_main([str(tmp_path / "no-checkpoint"), "--repository", str(tmp_path / "models"), *test]) == 2
+    assert f"rosetta-export: {tmp_path / 'test.tsv'}" in (err := capsys.readouterr().err) and message in err
+    assert not (tmp_path / "models").exists()
 
 
 def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from model.attention import SelfAttention, attend, merge_heads, split_heads
-from model.config import ModelConfig
+from model.config import PAD_ID, ModelConfig
 
-from tests.builders import PAD, make_model, random_batch
+from tests.builders import make_model, random_batch
 
 
 def test_config_round_trips_and_rejects_bad_sizes():
@@ -56,7 +56,7 @@ def test_padding_does_not_change_other_positions(norm_first):
     src = random_batch([6])
     tgt = random_batch([5], seed=3)
     alone = model(src, tgt)
-    padded_src = torch.cat([src, torch.full((1, 9), PAD)], dim=1)
+    padded_src = torch.cat([src, torch.full((1, 9), PAD_ID)], dim=1)
     assert torch.allclose(model(padded_src, tgt), alone, atol=1e-6)
     # The same sentence beside a longer one in a batch gives the same logits.
     other = random_batch([15], seed=4)

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from model.checkpoint import load_checkpoint
-from model.decode_options import DecodeOptions
-from model.evaluate import translate_hypotheses
+from model.search import DecodeOptions
+from model.translate import translate_hypotheses
 from server.runtime import DeviceUnavailableError, SessionConfig, Translator, pad_ids, translate_ids
 from server.runtime import sessions
 from tests.builders import tiny_pairs

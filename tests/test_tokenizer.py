@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from model.tokenizer import Tokenizer
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "lohelp.en-es.tsv.gz"
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint
-from model.train import evenly_spaced, inverse_sqrt, main
+from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoint, step_checkpoints
+from model.optimizer import inverse_sqrt
+from model.train import main
 from model.tsv import TsvError, read_tsv
+from model.validation import evenly_spaced
 from tests.builders import random_batch, tiny_pairs
 from tests.conftest import TINY_MODEL_ARGS
 
@@ -130,7 +132,7 @@ def test_bf16_autocast_training_learns(tiny_corpus, tmp_path):
     assert losses[-1] < losses[0] / 2
 
 
-def test_init_from_starts_with_the_checkpoint_weights_and_tokenizer(tiny_checkpoint, tiny_corpus, tmp_path):
+def test_init_from_starts_with_the_checkpoint_weights_and_tokenizer(tiny_checkpoint, tiny_corpus, tmp_path, capsys):
     """Fine-tuning: one step at a negligible learning rate keeps what the tiny model memorised."""
     out = tmp_path / "finetune"
     assert train(tiny_corpus, out, "--init-from", str(tiny_checkpoint), lr="1e-9", max_steps=1,
@@ -140,9 +142,16 @@ def test_init_from_starts_with_the_checkpoint_weights_and_tokenizer(tiny_checkpo
     original, tuned = load_checkpoint(tiny_checkpoint), load_checkpoint(out / "best")
     assert tuned.config == original.config
     assert tuned.tokenizer.to_bytes() == original.tokenizer.to_bytes()
-    with pytest.raises(SystemExit, match="own tokenizer"):
-        train(tiny_corpus, tmp_path / "both", "--init-from", str(tiny_checkpoint), "--tokenizer",
-              str(tiny_checkpoint / "tokenizer.model"))
+    capsys.readouterr()
+    assert train(tiny_corpus, tmp_path / "both", "--init-from", str(tiny_checkpoint), "--tokenizer",
+                 str(tiny_checkpoint / "tokenizer.model")) == 1
+    assert "--init-from brings its own tokenizer" in capsys.readouterr().err
+
+
+def test_step_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    for step in (100, 9, 10):
+        (tmp_path / f"step-{step}").mkdir()
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-9", "step-10", "step-100"]
 
 
 def test_validation_sample_spans_the_whole_file():

@@ -5,7 +5,7 @@ export's parity gate and the benchmarks all decode through `translate_ids`, the 
 point: it sorts sentences by length, cuts them into batches, pads, decodes and scatters the
 results back into the caller's order. It follows the PyTorch reference decoder
 (model/decoding.py) rule for rule, sharing its options, output budget, scoring and beam
-bookkeeping (model/decode_options.py), so the two are token-identical in fp32. The decoder
+bookkeeping (model/search.py), so the two are token-identical in fp32. The decoder
 graph itself applies the decoding rules and returns each row's best tokens (export/graphs.py),
 so a step moves 2 x 32 numbers per row to Python instead of the whole vocabulary:
 
@@ -29,8 +29,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from model.decode_options import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, length_sorted_batches,
-                                  normalized_score)
+from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, greedy_hypothesis,
+                          length_sorted_batches)
 from server.runtime.graphs import OnnxGraphs
 
 Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
@@ -141,8 +141,7 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
             active = [active[r] for r in keep]
         tokens = best[:, None].astype(np.int64)
     return [
-        [] if sentence in gone else
-        [Hypothesis(out, normalized_score(score, len(out) + (len(out) < limit), options.length_penalty))]
+        [] if sentence in gone else [greedy_hypothesis(out, score, limit, options.length_penalty)]
         for sentence, (out, score, limit) in enumerate(zip(outputs, scores, limits))
     ]
 

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.scoring import score_translations
+from model.search import mode_label
 from server.runtime.probes import Probes, replay
 from server.runtime.repository import Manifest, ModelVersionError, load_manifest
 from server.runtime.sessions import DeviceUnavailableError, SessionConfig
@@ -53,7 +54,7 @@ class LoadedVersion:
         parity = self.manifest.parity
         if not parity:
             return "no parity report"
-        runs = ", ".join(f"{'greedy' if r['beam_size'] == 1 else 'beam ' + str(r['beam_size'])} "
+        runs = ", ".join(f"{mode_label(r['beam_size'])} "
                          f"{r['identical']}/{r['sentences']} identical, BLEU {r['onnxruntime']['bleu']:.1f}"
                          for r in parity.get("translations", []))
         return f"{'passed' if parity.get('passed') else 'FAILED'} ({self.manifest.precision}): {runs}"

@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model.decode_options import DecodeOptions
+from model.search import DecodeOptions
 from server.runtime.decoding import translate_ids
 from server.runtime.graphs import OnnxGraphs
 

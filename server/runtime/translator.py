@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.decode_options import DecodeOptions, Hypothesis
+from model.search import DecodeOptions, Hypothesis
 from model.tokenizer import Tokenizer
 from server.runtime.decoding import Abandoned, translate_ids
 from server.runtime.graphs import OnnxGraphs

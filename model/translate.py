@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import torch
 
 from model.batching import pad
-from model.decode_options import DecodeOptions, Hypothesis, length_sorted_batches
 from model.decoding import translate_ids
 from model.progress import progress_bar
+from model.search import DecodeOptions, Hypothesis, length_sorted_batches
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 

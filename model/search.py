@@ -67,6 +67,11 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start: start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def mode_label(beam_size: int) -> str:
+    """How reports name a search: "greedy" or "beam N"."""
+    return "greedy" if beam_size == 1 else f"beam {beam_size}"
+
+
 def normalized_score(log_prob: float, length: int, length_penalty: float) -> float:
     """The score that ranks finished hypotheses."""
     return log_prob / (max(length, 1) ** length_penalty)
@@ -76,6 +81,12 @@ def normalized_score(log_prob: float, length: int, length_penalty: float) -> flo
 class Hypothesis:
     tokens: list[int]  # generated ids, EOS excluded
     score: float  # normalized log-probability (see DecodeOptions.length_penalty)
+
+
+def greedy_hypothesis(tokens: list[int], log_prob: float, limit: int, length_penalty: float) -> Hypothesis:
+    """A finished greedy translation: its length counts the EOS that ended it, which a sentence
+    stopped by its budget `limit` never generated."""
+    return Hypothesis(tokens, normalized_score(log_prob, len(tokens) + (len(tokens) < limit), length_penalty))
 
 
 @dataclass

@@ -35,10 +35,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from model.search import DEFAULT_BEAM_SIZE
 from model.tsv import read_tsv
 from rosetta.v1 import translator_pb2 as pb
 from rosetta.v1 import translator_pb2_grpc
-from server.servicer import DEFAULT_BEAM_SIZE
 from server.runtime import SessionConfig, Translator
 
 ROOT = Path(__file__).resolve().parent.parent

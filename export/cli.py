@@ -28,7 +28,7 @@ from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
 from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from model.progress import progress_bar
-from model.search import mode_label
+from model.search import DEFAULT_BEAM_SIZE, mode_label
 from model.tsv import TsvError, read_test_pairs
 from server.runtime import Manifest, OnnxGraphs, SessionConfig, file_record, sha256_file
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--test", type=Path, required=True, help="TSV (source<TAB>reference) for the parity gate")
     p.add_argument("--parity-sentences", type=int, default=0, help="use only the first N test pairs (0 = all)")
-    p.add_argument("--beam", type=int, default=4, help="beam size checked besides greedy")
+    p.add_argument("--beam", type=int, default=DEFAULT_BEAM_SIZE, help="beam size checked besides greedy")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--report", type=Path, help="also write the parity report here as JSON")
     return p

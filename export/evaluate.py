@@ -22,6 +22,7 @@ from pathlib import Path
 
 from model.progress import progress_bar
 from model.scoring import score_translations
+from model.search import DEFAULT_BEAM_SIZE
 from model.tsv import TsvError, read_test_pairs
 from server.runtime import MANIFEST
 
@@ -31,7 +32,7 @@ def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_s
     from server.runtime import SessionConfig
     from server.runtime import Translator
 
-    translator = Translator(path, SessionConfig.from_env(device=device))
+    translator = Translator(path, SessionConfig(device=device or "auto"))
     with progress_bar(total=len(sources), desc="translate", unit="sent") as bar:
         hypotheses = translator.translate(sources, beam_size=beam, batch_size=batch_size,
                                           length_penalty=length_penalty, on_batch=bar.update)
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True,
                         help="a checkpoint directory, or a model version directory (models/<name>/<version>)")
     parser.add_argument("--test", type=Path, required=True, help="TSV file: source<TAB>reference, no header")
-    parser.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
+    parser.add_argument("--beam", type=int, default=DEFAULT_BEAM_SIZE, help="beam size (1 = greedy)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per decoding batch")
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], help="for a model version (default: auto)")

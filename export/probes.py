@@ -19,13 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.scoring import score_translations
-from model.search import DecodeOptions
+from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from model.tokenizer import Tokenizer
 from server.runtime import PROBES_FILE, Heldout, OnnxGraphs, Probe, Probes, replay, translate_ids
 
 PROBE_SENTENCES = 16
 HELDOUT_SENTENCES = 100
-HELDOUT_BEAM = 4
+HELDOUT_BEAM = DEFAULT_BEAM_SIZE
 
 
 def evenly_spaced_indices(total: int, n: int) -> list[int]:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 
 MAX_BEAM_SIZE = 16  # the exported decoder step returns each row's best 2 * MAX_BEAM_SIZE tokens
+# What a caller gets without asking: the service, the Translator, rosetta-evaluate, the export's
+# parity run and the probes' held-out score (docs/benchmarks.md: beam 4 against greedy on the test split).
+DEFAULT_BEAM_SIZE = 4
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from model.search import DecodeOptions, Hypothesis
+from model.search import DEFAULT_BEAM_SIZE, DecodeOptions, Hypothesis
 from model.tokenizer import SourceTooLongError
 from server import sentences
 from rosetta.v1 import translator_pb2 as pb
@@ -31,7 +31,6 @@ from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, Ve
 
 log = logging.getLogger("rosetta.servicer")
 
-DEFAULT_BEAM_SIZE = 4
 
 
 class RequestError(Exception):

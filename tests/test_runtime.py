@@ -200,14 +200,6 @@ def test_streams_and_threads_divide_the_cores_among_the_concurrent_batches(monke
     assert (config.cpu_streams(), config.cpu_threads()) == expected
 
 
-def test_session_config_reads_the_environment(monkeypatch):
-    monkeypatch.setenv("ROSETTA_DEVICE", "cpu")
-    monkeypatch.setenv("ROSETTA_THREADS", "3")
-    config = SessionConfig.from_env()
-    assert (config.device, config.intra_op_threads) == ("cpu", 3)
-    assert SessionConfig.from_env(device="auto").device == "auto"
-
-
 def test_best_continuations_from_per_row_top_k_equal_a_full_top_k():
     """Each beam row's best 2K tokens always hold the sentence's best 2K of all K*V continuations."""
     from server.runtime.decoding import best_continuations

@@ -82,19 +82,6 @@ class SessionConfig:
     def cpu_threads(self) -> int:
         return self.intra_op_threads or max(1, available_cores() // (self.concurrent_batches * self.cpu_streams()))
 
-    @classmethod
-    def from_env(cls, **overrides) -> SessionConfig:
-        """Defaults, then ROSETTA_DEVICE / ROSETTA_STREAMS / ROSETTA_THREADS from the environment, then `overrides`."""
-        values = {}
-        if os.environ.get("ROSETTA_DEVICE"):
-            values["device"] = os.environ["ROSETTA_DEVICE"]
-        if os.environ.get("ROSETTA_STREAMS"):
-            values["streams"] = int(os.environ["ROSETTA_STREAMS"])
-        if os.environ.get("ROSETTA_THREADS"):
-            values["intra_op_threads"] = int(os.environ["ROSETTA_THREADS"])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

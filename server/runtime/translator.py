@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.search import DecodeOptions, Hypothesis
+from model.search import DEFAULT_BEAM_SIZE, DecodeOptions, Hypothesis
 from model.tokenizer import Tokenizer
 from server.runtime.decoding import Abandoned, translate_ids
 from server.runtime.graphs import OnnxGraphs
@@ -50,7 +50,7 @@ class Translator:
         self,
         texts: Sequence[str],
         *,
-        beam_size: int = 4,
+        beam_size: int = DEFAULT_BEAM_SIZE,
         length_penalty: float = 1.0,
         min_length: int = 0,
         max_length: int | None = None,

@@ -213,6 +213,9 @@ class ModelRegistry:
         Raises ModelNotFoundError, VersionRejectedError, or VersionUnavailableError.
         """
         name = name or self.default_model
+        if name in self.models and name not in self.serving:
+            raise ModelNotFoundError(f"model {name!r} has no version that passed the gate (ListModels says why); "
+                                     f"available: {', '.join(sorted(self.serving))}")
         if name not in self.serving:
             raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(sorted(self.serving))}")
         entries = self.models[name]

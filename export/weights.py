@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def share_weights(model: Transformer, graph_paths: list[Path]) -> str:
         uses.append(found)
     directory = graph_paths[0].parent
     save_file(stored, str(directory / WEIGHTS_FILE))
+    # safetensors creates the file readable by its owner only; a server running as another user
+    # must read it like the graphs.
+    shutil.copymode(graph_paths[0], directory / WEIGHTS_FILE)
     offsets = _offsets(directory / WEIGHTS_FILE)
     for path, graph, found in zip(graph_paths, graphs, uses):
         _point_into(graph.graph, found, stored, offsets)

@@ -99,9 +99,9 @@ ENV PATH=/opt/rosetta/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LD_PRELOAD=/usr/local/lib/libtcmalloc_minimal.so.4
 WORKDIR /app
-# The default checkpoint (to fine-tune from) and model repository (so a volume first created by
-# an export is seeded like the server's); runs/ exists so its volume belongs to the user.
-COPY --chown=rosetta:rosetta checkpoints checkpoints
+# The default model repository: its version is what fine-tuning starts from (--init-from
+# models/en-es/3), and a volume first created by an export is seeded like the server's; runs/
+# exists so its volume belongs to the user.
 COPY --chown=rosetta:rosetta models models
 RUN install -d -o rosetta -g rosetta runs data
 USER rosetta

@@ -26,7 +26,8 @@ from export.parity import verify
 from export.probes import write_probes
 from export.publish import publish, staging_dir, write_manifest
 from export.quantize import PRECISIONS, convert
-from model.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
+from export.weights import share_weights
+from model.checkpoint import TOKENIZER, load_checkpoint
 from model.progress import progress_bar
 from model.search import DEFAULT_BEAM_SIZE, mode_label
 from model.tsv import TsvError, read_test_pairs
@@ -39,7 +40,7 @@ def library_versions() -> dict[str, str]:
     return {name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "numpy")}
 
 
-def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs: dict[str, str],
+def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs: dict[str, str], weights: str,
                    optimizations: list[str]) -> Manifest:
     info = checkpoint.info
     return Manifest(
@@ -54,7 +55,8 @@ def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs:
         files={p.name: file_record(p) for p in sorted(staging.iterdir()) if not p.name.startswith(".")},
         opset=OPSET,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source_checkpoint={"path": str(checkpoint.path), "sha256": sha256_file(checkpoint.path / WEIGHTS),
+        weights=weights,
+        source_checkpoint={"path": str(checkpoint.path), "sha256": sha256_file(checkpoint.weights),
                            "step": info.get("step"), "valid": info.get("valid", {})},
         libraries=library_versions(),
         optimizations=optimizations,
@@ -73,9 +75,11 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
     try:
         started = time.perf_counter()
         graphs = export_graphs(checkpoint.model, staging)
-        optimizations = GRAPH_OPTIMIZATIONS + convert([staging / f for f in graphs.values()], precision)
-        shutil.copyfile(checkpoint.path / TOKENIZER, staging / TOKENIZER)
-        manifest = build_manifest(staging, checkpoint, name, precision, graphs, optimizations)
+        paths = [staging / f for f in graphs.values()]
+        optimizations = GRAPH_OPTIMIZATIONS + convert(paths, precision)
+        weights = share_weights(checkpoint.model, paths)
+        checkpoint.tokenizer.save(staging / TOKENIZER)
+        manifest = build_manifest(staging, checkpoint, name, precision, graphs, weights, optimizations)
         write_manifest(staging, manifest)
         export_seconds = time.perf_counter() - started
         onnx_graphs = OnnxGraphs(staging, SessionConfig(device="cpu"))
@@ -112,7 +116,9 @@ def summary(report: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export a checkpoint to a verified ONNX model version.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a checkpoint directory (e.g. runs/en-es/best)")
+    p.add_argument("checkpoint", type=Path,
+                   help="a checkpoint directory (e.g. runs/en-es/best), or a published fp32/fp16 version to "
+                        "export again (e.g. as int8)")
     p.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
     p.add_argument("--name", default="en-es", help="model name: the version goes to <repository>/<name>/<N>/")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")

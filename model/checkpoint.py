@@ -9,10 +9,15 @@ Layout of a checkpoint directory:
 
 A directory is first written under a temporary name and then renamed, so a run killed while
 saving leaves the previous checkpoint intact and never a half-written one.
+
+A published model version (models/<name>/<N>/, written by export/) loads as a checkpoint too:
+its graphs share one weights file in this same format, named in its manifest.json, so training
+can start from what is served without a checkpoint kept beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +38,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.model"
 TRAINER = "trainer.pt"
+MANIFEST = "manifest.json"  # what makes a directory a published model version
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     info: dict[str, Any] = field(default_factory=dict)  # languages, step, metrics, ...
     path: Path | None = None
+    weights: Path | None = None  # the file the weights came from
 
     @property
     def config(self) -> ModelConfig:
@@ -97,20 +104,49 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load model (as float32, eval mode), tokenizer and info from a checkpoint directory."""
+    """Load model (as float32, eval mode), tokenizer and info from a checkpoint directory or a
+    published fp32/fp16 model version."""
     path = Path(path)
-    if not (path / CONFIG).is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint directory (no {CONFIG})")
-    document = json.loads((path / CONFIG).read_text())
+    if (path / CONFIG).is_file():
+        document = json.loads((path / CONFIG).read_text())
+        weights_file, tokenizer_file = path / WEIGHTS, path / TOKENIZER
+    elif (path / MANIFEST).is_file():
+        document, weights_file, tokenizer_file = _published_version(path)
+    else:
+        raise FileNotFoundError(f"{path} is neither a checkpoint directory (no {CONFIG}) nor a model version "
+                                f"(no {MANIFEST})")
     config = ModelConfig.from_dict(document.pop("model"))
     model = Transformer(config)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path / WEIGHTS).items()}
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights_file).items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {name for name in missing if name.startswith("target_embedding.") and config.tie_embeddings}
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)}, unexpected {unexpected})")
     model.to(device).eval()
-    return Checkpoint(model=model, tokenizer=Tokenizer.load(path / TOKENIZER), info=document, path=path)
+    return Checkpoint(model=model, tokenizer=Tokenizer.load(tokenizer_file), info=document, path=path,
+                      weights=weights_file)
+
+
+def _published_version(path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """A model version's checkpoint document (model config, languages, the step and metrics of the
+    checkpoint it was exported from), weights file and tokenizer, after checking both files
+    against the manifest's checksums."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    if not manifest.get("weights"):
+        raise ValueError(f"{path}: its graphs hold their own weights (exported before versions shared one weights "
+                         f"file); start from the checkpoint it was exported from, {manifest['source_checkpoint']['path']}")
+    if manifest["precision"] == "int8":
+        raise ValueError(f"{path}: an int8 version holds its matmul weights quantized; start from an fp32 or fp16 "
+                         "version, or from a checkpoint")
+    for name in (manifest["weights"], manifest["tokenizer"]):
+        digest = hashlib.sha256((path / name).read_bytes()).hexdigest()
+        if digest != manifest["files"][name]["sha256"]:
+            raise ValueError(f"{path}: {name} does not match its checksum in {MANIFEST} (corrupted or replaced)")
+    source = manifest["source_checkpoint"]
+    document = {"model": manifest["model"], "source_lang": manifest["source_lang"],
+                "target_lang": manifest["target_lang"], "step": source.get("step"), "valid": source.get("valid", {}),
+                "version": {"name": manifest["name"], "version": manifest["version"], "precision": manifest["precision"]}}
+    return document, path / manifest["weights"], path / manifest["tokenizer"]
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

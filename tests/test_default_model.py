@@ -1,36 +1,52 @@
-"""The committed default model: its checkpoint and its served version are intact and agree."""
+"""The committed default model: its served version is intact, is what its recipe made, and is
+what training starts from."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
+import torch
+
 from model.checkpoint import load_checkpoint
-from server.runtime import Gate
+from model.search import DecodeOptions
+from model.decoding import translate_ids
 from server.registry import ModelRegistry, VersionState
-from server.runtime import SessionConfig, load_manifest, sha256_file
+from server.runtime import Gate, SessionConfig, load_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT = ROOT / "checkpoints" / "en-es"
 REPOSITORY = ROOT / "models"
+VERSION = REPOSITORY / "en-es" / "3"
 
 
 def test_the_served_version_verifies_and_passed_its_gate():
-    manifest = load_manifest(REPOSITORY / "en-es" / "2")  # every checksum
-    assert (manifest.source_lang, manifest.target_lang) == ("en", "es")
+    manifest = load_manifest(VERSION)  # every checksum, the shared weights file's included
+    assert (manifest.source_lang, manifest.target_lang, manifest.precision) == ("en", "es", "fp32")
     assert manifest.parity["passed"]
+    for run in manifest.parity["translations"]:  # token-identical to PyTorch on the whole test split
+        assert run["identical"] == run["sentences"] == 1897
     beam = next(run for run in manifest.parity["translations"] if run["beam_size"] == 4)
-    assert beam["sentences"] == 1897 and beam["onnxruntime"]["bleu"] >= 20.0
+    assert beam["onnxruntime"]["bleu"] >= 20.0
 
 
-def test_the_committed_checkpoint_is_the_exported_model():
-    checkpoint = load_checkpoint(CHECKPOINT)
-    manifest = load_manifest(REPOSITORY / "en-es" / "2")
-    assert checkpoint.config == manifest.config
-    assert checkpoint.tokenizer.to_bytes() == (REPOSITORY / "en-es" / "2" / "tokenizer.model").read_bytes()
-    assert checkpoint.info["step"] == manifest.source_checkpoint["step"]
-    # Exported from these very weights (stored in fp16), not from a copy that could drift.
-    assert sha256_file(CHECKPOINT / "model.safetensors") == manifest.source_checkpoint["sha256"]
+def test_the_served_version_holds_the_recipes_checkpoint_and_training_starts_from_it():
+    """Exported from the phrase fine-tune's best checkpoint (`make finetune-default`,
+    docs/training.md), stored in fp16: the version's weights file is that checkpoint's weights
+    file byte for byte, so no separate checkpoint needs committing."""
+    manifest = load_manifest(VERSION)
+    recipe = re.search(r"^finetune-default:.*?--max-steps (\d+)", (ROOT / "Makefile").read_text(), flags=re.S | re.M)
+    assert manifest.source_checkpoint["step"] == int(recipe.group(1))  # its best step was its last
+    assert sha256_file(VERSION / manifest.weights) == manifest.source_checkpoint["sha256"]
+    checkpoint = load_checkpoint(VERSION)  # what `rosetta-train --init-from models/en-es/3` starts from
+    assert checkpoint.config == manifest.config and checkpoint.info["step"] == manifest.source_checkpoint["step"]
+    assert checkpoint.tokenizer.to_bytes() == (VERSION / manifest.tokenizer).read_bytes()
+    # Those PyTorch weights translate the probes to the very tokens ONNX Runtime gave when the version was verified.
+    probes = json.loads((VERSION / manifest.probes).read_text())["probes"]
+    for probe in probes:
+        (hypotheses,) = translate_ids(checkpoint.model, torch.tensor([probe["source_ids"]]), DecodeOptions(beam_size=1))
+        assert hypotheses[0].tokens == probe["greedy"], probe["source"]
 
 
 def test_the_server_would_accept_it_and_it_translates(device):
@@ -42,8 +58,8 @@ def test_the_server_would_accept_it_and_it_translates(device):
 
     registry = asyncio.run(start())
     (version,) = registry.serving_versions()
-    assert (version.name, version.version) == ("en-es", 2)
-    entry = registry.models["en-es"][2]
+    assert (version.name, version.version) == ("en-es", 3)
+    entry = registry.models["en-es"][3]
     assert entry.state is VersionState.SERVING and entry.reason.startswith("probes identical")
     (translation,) = version.translator.translate(["Open the file."], beam_size=4)
     assert translation.strip() and translation != "Open the file."

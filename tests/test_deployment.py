@@ -39,6 +39,7 @@ from client import TranslatorClient
 from model.tsv import write_tsv
 from server import healthcheck
 from server.config import ServerConfig, env_name, parse_config
+from server.runtime import load_manifest, versions
 from tests.builders import tiny_pairs
 
 
@@ -371,8 +372,10 @@ def test_train_then_export_lands_in_the_repository_the_servers_watch(compose):
         config = assert_server_environment(service_command(service), service["environment"])
         assert volume_at(service, str(config.repository)) == ("models", PurePosixPath(".")), name
         assert config.default_model == export_args.name and config.reload_interval > 0, name
-    # Fine-tuning starts from the checkpoint the train image carries.
-    assert (ROOT / train_args.init_from / "model.safetensors").exists()
+    # Fine-tuning starts from the default model's newest committed version, which the train image carries.
+    committed = ROOT / train_args.init_from
+    assert int(committed.name) == versions(committed.parent)[-1] and committed.parent.name == export_args.name
+    assert load_manifest(committed).weights, "a version training can start from: its graphs share a weights file"
     assert train_args.init_from.parts[0] in {rest.split()[-1] for stage in chain(dockerfile()[1], "train")
                                              for kw, rest in stage.instructions if kw == "COPY"}
     assert set(compose["volumes"]) == {"models", "runs"}
@@ -532,10 +535,18 @@ def test_train_then_export_commands_reach_the_running_server(compose, tiny_check
         path = app / run_program(train, {}).train.parent / f"{split}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_tsv(path, tiny_pairs())
-    shutil.copytree(tiny_checkpoint, app / run_program(train, {}).init_from)
+    # The version the image carries (models/en-es/N), exported as compose does: the tiny model under
+    # that number (the numbers before it held by empty directories while it is published).
+    carried = app / run_program(train, {}).init_from
     best = app / run_program(export, {}).checkpoint
-    shutil.copytree(tiny_checkpoint, best)  # version 1: the checkpoint the image carries, exported as compose does
+    shutil.copytree(tiny_checkpoint, best)
+    earlier = [carried.parent / str(n) for n in range(1, int(carried.name))]
+    for directory in earlier:
+        directory.mkdir(parents=True)
     run_service(export, app)
+    for directory in earlier:
+        directory.rmdir()
+    assert versions(carried.parent) == [int(carried.name)]
     shutil.rmtree(best.parent)
 
     environment = {**services["server"]["environment"], "ROSETTA_PORT": "0", "ROSETTA_METRICS_PORT": "0",
@@ -551,7 +562,7 @@ def test_train_then_export_commands_reach_the_running_server(compose, tiny_check
         run_service(export, app)
         with TranslatorClient(f"127.0.0.1:{port}", timeout=30) as client:
             deadline = time.monotonic() + 120
-            while not any(m.version == 2 and m.state == "SERVING" for m in client.models()):
+            while not any(m.version == int(carried.name) + 1 and m.state == "SERVING" for m in client.models()):
                 assert time.monotonic() < deadline, [(m.version, m.state) for m in client.models()]
                 time.sleep(0.5)
             source, target = tiny_pairs()[0]

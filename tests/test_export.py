@@ -11,19 +11,25 @@ import sys
 import time
 from pathlib import Path
 
+import hashlib
+
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+import torch
 from onnx import numpy_helper
+from safetensors.numpy import load_file
 
 from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
-from export.onnx_export import OPSET
-from model.checkpoint import WEIGHTS, load_checkpoint, step_checkpoints
+from export.onnx_export import OPSET, export_graphs
+from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
-from server.runtime import (MANIFEST, ModelVersionError, OnnxGraphs, SessionConfig, load_manifest, sha256_file,
-                            translate_ids, versions)
-from tests.builders import tiny_pairs
+from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, SessionConfig, file_record, load_manifest,
+                            sha256_file, translate_ids, versions)
+from tests.builders import random_batch, tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +61,9 @@ def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint
     assert manifest.config == checkpoint.config
     assert manifest.opset == OPSET >= 18
     assert manifest.graphs == {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
-    assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "tokenizer.model", "probes.json"}
-    assert manifest.probes == "probes.json"
+    assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "weights.safetensors", "tokenizer.model",
+                                   "probes.json"}
+    assert manifest.probes == "probes.json" and manifest.weights == "weights.safetensors"
     for name, record in manifest.files.items():
         assert record == {"sha256": sha256_file(tiny_version / name), "bytes": (tiny_version / name).stat().st_size}
     assert manifest.source_checkpoint["sha256"] == sha256_file(tiny_checkpoint / WEIGHTS)
@@ -65,6 +72,8 @@ def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint
     assert manifest.created.endswith("+00:00")
     assert (tiny_version / "tokenizer.model").read_bytes() == checkpoint.tokenizer.to_bytes()
     assert oct((tiny_version).stat().st_mode)[-3:] == "755"
+    # Servers may run as another user: the shared weights are as readable as the graphs.
+    assert (tiny_version / "weights.safetensors").stat().st_mode == (tiny_version / "encoder.onnx").stat().st_mode
 
 
 def test_re_export_creates_the_next_version_and_leaves_older_ones_untouched(tiny_version, tiny_run, repository):
@@ -77,11 +86,13 @@ def test_re_export_creates_the_next_version_and_leaves_older_ones_untouched(tiny
     assert tree_hashes(tiny_version) == before
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "delete", "add a file", "truncate"])
-def test_a_damaged_version_is_refused(tiny_version, tmp_path, damage):
+@pytest.mark.parametrize("damage, file", [("flip a byte", "decoder.onnx"), ("delete", "decoder.onnx"),
+                                          ("add a file", "decoder.onnx"), ("truncate", "decoder.onnx"),
+                                          ("flip a byte", "weights.safetensors"), ("delete", "weights.safetensors")])
+def test_a_damaged_version_is_refused(tiny_version, tmp_path, damage, file):
     copy = tmp_path / "1"
     shutil.copytree(tiny_version, copy)
-    target = copy / "decoder.onnx"
+    target = copy / file
     if damage == "flip a byte":
         data = bytearray(target.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -92,7 +103,7 @@ def test_a_damaged_version_is_refused(tiny_version, tmp_path, damage):
         (copy / "stray.onnx").write_bytes(b"x")
     else:
         target.write_bytes(target.read_bytes()[:100])
-    with pytest.raises(ModelVersionError, match="decoder.onnx|stray.onnx"):
+    with pytest.raises(ModelVersionError, match=f"{file}|stray.onnx"):
         load_manifest(copy)
 
 
@@ -129,18 +140,29 @@ def test_an_export_killed_midway_leaves_no_version(tiny_checkpoint, tiny_corpus,
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]  # the dead export's staging is gone
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp16"])
-def test_reduced_precision_variants_load_and_stay_within_tolerance(tiny_checkpoint, tmp_path, precision):
-    version_dir, report = export_version(tiny_checkpoint, tmp_path, "tiny", tiny_pairs(), precision=precision)
+# A variant is exported from a checkpoint, or from a published fp32 version (what the repository keeps).
+@pytest.mark.parametrize("precision, source", [("int8", "checkpoint"), ("fp16", "version")])
+def test_reduced_precision_variants_load_and_stay_within_tolerance(tiny_checkpoint, tiny_version, tmp_path, precision,
+                                                                   source):
+    origin = tiny_checkpoint if source == "checkpoint" else tiny_version
+    version_dir, report = export_version(origin, tmp_path, "tiny", tiny_pairs(), precision=precision)
     assert report["passed"], report["failures"]
     manifest = load_manifest(version_dir)
     assert manifest.precision == precision
+    assert manifest.source_checkpoint["sha256"] == sha256_file(load_checkpoint(origin).weights)
     assert any(precision in step for step in manifest.optimizations)
     tolerance = parity.TOLERANCES[precision]
     if tolerance.max_abs_diff is not None:
         assert report["tensors"]["max_abs_diff"]["logits"] <= tolerance.max_abs_diff
     for run in report["translations"]:
         assert run["bleu_change"] >= -tolerance.max_bleu_drop
+    # The embedding, read by both graphs, is stored once, in the shared file.
+    assert stored_copies(version_dir, load_checkpoint(tiny_checkpoint))["source_embedding.tokens.weight"] == 1
+    if precision == "int8":  # its matmul weights are quantized: nothing to start training from
+        with pytest.raises(ValueError, match="int8 version"):
+            load_checkpoint(version_dir)
+    else:
+        assert load_checkpoint(version_dir).config == manifest.config
 
 
 def weight_bytes(version_dir: Path) -> int:
@@ -212,3 +234,103 @@ def test_manifest_is_plain_json_a_client_can_read(tiny_version):
     data = json.loads((tiny_version / MANIFEST).read_text())
     assert data["format"] == 1 and data["parity"]["passed"] is True
     assert os.path.getsize(tiny_version / MANIFEST) < 64_000
+
+
+def stored_copies(version_dir: Path, checkpoint) -> dict[str, int]:
+    """How many times the version's files store each weight matrix of `checkpoint`: inside a graph
+    or in the shared weights file, as it is or transposed, in fp32 or fp16."""
+    def key(array: np.ndarray) -> tuple:
+        return array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()
+
+    names = {}
+    for name, tensor in unique_state_dict(checkpoint.model).items():
+        if tensor.dim() == 2:
+            matrix = tensor.float().numpy()
+            for form in (matrix, matrix.T):
+                for dtype in (np.float32, np.float16):
+                    names[key(form.astype(dtype))] = name
+    stored = [numpy_helper.to_array(i) for graph in ("encoder.onnx", "decoder.onnx")
+              for i in onnx.load(str(version_dir / graph), load_external_data=False).graph.initializer
+              if i.data_location != onnx.TensorProto.EXTERNAL]
+    weights = load_manifest(version_dir).weights
+    stored += list(load_file(version_dir / weights).values()) if weights else []
+    copies = dict.fromkeys(names.values(), 0)
+    for array in stored:
+        if key(array) in names:
+            copies[names[key(array)]] += 1
+    return copies
+
+
+def layout_before_shared_weights(checkpoint_dir: Path, version_dir: Path, out: Path) -> Path:
+    """`version_dir` as exports wrote it before the graphs shared a weights file: the fp32 graphs
+    exported from `checkpoint_dir`, each with its weights inside, and a manifest naming no weights
+    file (probes and tokenizer copied from `version_dir`)."""
+    out.mkdir(parents=True)
+    export_graphs(load_checkpoint(checkpoint_dir).model, out)
+    manifest = json.loads((version_dir / MANIFEST).read_text())
+    del manifest["weights"]
+    for name in (manifest["tokenizer"], manifest["probes"]):
+        shutil.copyfile(version_dir / name, out / name)
+    manifest["files"] = {p.name: file_record(p) for p in sorted(out.iterdir())}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def test_each_weight_is_stored_once_in_the_file_both_graphs_read(tiny_version, tiny_checkpoint, tmp_path):
+    copies = stored_copies(tiny_version, load_checkpoint(tiny_checkpoint))
+    assert copies and set(copies.values()) == {1}
+    for graph in ("encoder.onnx", "decoder.onnx"):  # both read the tied embedding from the one file
+        model = onnx.load(str(tiny_version / graph), load_external_data=False)
+        external = {i.name: {e.key: e.value for e in i.external_data} for i in model.graph.initializer
+                    if i.data_location == onnx.TensorProto.EXTERNAL}
+        assert {e["location"] for e in external.values()} == {"weights.safetensors"}
+        assert "weights/source_embedding.tokens.weight" in external
+    # The count sees a weight stored twice: the layout before this one had the embedding in each graph.
+    before = layout_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path / "before")
+    assert stored_copies(before, load_checkpoint(tiny_checkpoint))["source_embedding.tokens.weight"] == 2
+
+
+def test_a_version_in_the_layout_before_shared_weights_still_loads_and_passes_the_gate(tiny_version, tiny_checkpoint,
+                                                                                       tmp_path):
+    before = layout_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path / "1")
+    assert "weights" not in json.loads((before / MANIFEST).read_text())
+    loaded = Gate(SessionConfig(device="cpu")).check(before, "tiny", 1)  # checksums, load, smoke, probes
+    sources = [source for source, _ in tiny_pairs()]
+    now = OnnxGraphs(tiny_version, SessionConfig(device="cpu"))
+    assert loaded.translator.translate(sources, beam_size=4) == [target for _, target in tiny_pairs()]
+    source_ids = np.asarray(random_batch([9, 6], vocab=now.config.vocab_size))
+    assert all(np.array_equal(a, b) for a, b in zip(sum(loaded.translator.graphs.encode(source_ids), []),
+                                                   sum(now.encode(source_ids), [])))
+    with pytest.raises(ValueError, match="hold their own weights"):  # training starts from its checkpoint
+        load_checkpoint(before)
+
+
+def test_an_fp16_checkpoint_is_stored_in_fp16_and_served_with_exactly_its_fp32_values(tiny_checkpoint, tmp_path):
+    """The default model's case: fp16 weights in the file, Casts that ONNX Runtime folds at load."""
+    original = load_checkpoint(tiny_checkpoint)
+    half = save_checkpoint(tmp_path / "half", original.model, original.tokenizer, original.info, dtype=torch.float16)
+    version_dir, report = export_version(half, tmp_path / "models", "tiny", tiny_pairs(), beam_sizes=(1,))
+    assert report["passed"] and report["translations"][0]["identical"] == 32
+    # The shared file is the checkpoint's own weights file, byte for byte, and loads as one.
+    assert sha256_file(version_dir / "weights.safetensors") == sha256_file(half / WEIGHTS)
+    assert set(stored_copies(version_dir, load_checkpoint(half)).values()) == {1}
+    decoder = onnx.load(str(version_dir / "decoder.onnx"), load_external_data=False)
+    assert any(n.op_type == "Cast" and n.input[0].startswith("weights/") for n in decoder.graph.node)
+    # ONNX Runtime folds the Casts when the session loads: no fp16 weight is left in the graph it runs...
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(version_dir / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert not [i.name for i in optimized.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    # ...and it computes exactly what fp32 graphs holding the same weights inside compute.
+    before = layout_before_shared_weights(half, version_dir, tmp_path / "before")
+    new, old = (OnnxGraphs(d, SessionConfig(device="cpu")) for d in (version_dir, before))
+    source_ids = np.asarray(random_batch([9, 6], vocab=new.config.vocab_size))
+    mask = source_ids != new.config.pad_id
+    new_cross, old_cross = new.encode(source_ids), old.encode(source_ids)
+    assert all(np.array_equal(a, b) for a, b in zip(sum(new_cross, []), sum(old_cross, [])))
+    tokens = np.full((2, 1), new.config.bos_id, dtype=np.int64)
+    new_step = new.step_logits(tokens, *new_cross, mask, *new.empty_cache(2), True)
+    old_step = old.step_logits(tokens, *old_cross, mask, *old.empty_cache(2), True)
+    assert np.array_equal(new_step[0], old_step[0])
+    assert all(np.array_equal(a, b) for a, b in zip(new_step[1] + new_step[2], old_step[1] + old_step[2]))

@@ -163,7 +163,7 @@ FIRST_TRANSLATION = [
 GRPCURL = [c for c in commands() if c.startswith("grpcurl")]
 RETRAIN = [c for c in commands() if c.startswith(("make data", ".venv/bin/rosetta-train", ".venv/bin/rosetta-export"))
            and c not in NOT_RUN]
-EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/2 --test data/en-es/test.tsv --beam 4"]
+EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/3 --test data/en-es/test.tsv --beam 4"]
 
 
 def spanish(text: str) -> bool:
@@ -182,7 +182,7 @@ def test_a_first_translation(checkout, served):
     assert len(lines) == len((checkout / "docs/examples/help.txt").read_text().splitlines())
     (program,) = blocks("python")
     out = run([sys.executable, "-c", program], checkout).strip().splitlines()
-    assert spanish(out[0]) and "('en-es', 2, 'CPUExecutionProvider')" in out[2]
+    assert spanish(out[0]) and "('en-es', 3, 'CPUExecutionProvider')" in out[2]
 
 
 def test_the_grpcurl_calls(checkout, served):
@@ -209,7 +209,7 @@ def test_retrain_export_reload(checkout, served):
     for command in RETRAIN:
         out = run(shortened(command) if not command.startswith("make") else command, checkout, timeout=900)
     number = int(Path(json.loads(out.strip().splitlines()[-1])["version_dir"]).name)
-    assert number == 3  # after the committed version 2
+    assert number == 4  # after the committed version 3
     with TranslatorClient("localhost:50051") as client:
         def new() -> list:
             return [m for m in client.models() if m.version == number and m.state in ("SERVING", "REJECTED")]

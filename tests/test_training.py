@@ -154,6 +154,21 @@ def test_step_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     assert [p.name for p in step_checkpoints(tmp_path)] == ["step-9", "step-10", "step-100"]
 
 
+def test_init_from_a_published_version_starts_with_its_weights(tiny_version, tiny_checkpoint, tiny_corpus, tmp_path):
+    """A version's shared weights file is a checkpoint's: training starts from exactly what is served."""
+    out = tmp_path / "from-version"
+    assert train(tiny_corpus, out, "--init-from", str(tiny_version), max_steps=0) == 0
+    start = load_checkpoint(out / "checkpoints" / "step-0")  # the weights before the first step
+    for source in (load_checkpoint(tiny_version), load_checkpoint(tiny_checkpoint)):
+        assert start.config == source.config and start.tokenizer.to_bytes() == source.tokenizer.to_bytes()
+        expected = source.model.state_dict()
+        assert all(torch.equal(tensor, expected[name]) for name, tensor in start.model.state_dict().items())
+    # The same command with more steps resumes that run and trains on.
+    assert train(tiny_corpus, out, "--init-from", str(tiny_version), max_steps=2) == 0
+    trained = load_checkpoint(out / "checkpoints" / "step-2").model.state_dict()
+    assert not all(torch.equal(tensor, trained[name]) for name, tensor in start.model.state_dict().items())
+
+
 def test_validation_sample_spans_the_whole_file():
     items = list(range(1000))
     assert evenly_spaced(items, 4) == [0, 250, 500, 750]

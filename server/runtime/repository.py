@@ -1,6 +1,8 @@
 """The model repository: `<root>/<name>/<version>/` directories, each described by a manifest.
 
-A version directory holds the ONNX graphs, the tokenizer and `manifest.json`. The manifest
+A version directory holds the ONNX graphs, the weights file they share (ONNX external data;
+versions exported before it existed hold their weights inside each graph), the tokenizer and
+`manifest.json`. The manifest
 says what the files are (model config, languages, precision, library versions, parity report)
 and the SHA-256 of every file, so a loader can refuse a corrupted or incomplete version
 instead of serving wrong translations from it.
@@ -48,6 +50,7 @@ class Manifest:
     optimizations: list[str] = field(default_factory=list)  # what the export applied to the graphs
     parity: dict[str, Any] = field(default_factory=dict)  # the export's parity report
     probes: str = ""  # file name of the probes a loader replays before serving (export/probes.py)
+    weights: str = ""  # file name of the weights the graphs share (export/weights.py); "" = inside each graph
     format: int = MANIFEST_FORMAT
 
     @property
@@ -91,7 +94,7 @@ def load_manifest(version_dir: str | Path, *, verify: bool = True) -> Manifest:
         manifest = Manifest.from_json(path.read_text())
     except (ValueError, TypeError) as e:
         raise ModelVersionError(f"{path}: unreadable manifest ({e})") from None
-    needed = set(manifest.graphs.values()) | {manifest.tokenizer} | ({manifest.probes} if manifest.probes else set())
+    needed = set(manifest.graphs.values()) | {manifest.tokenizer} | {f for f in (manifest.probes, manifest.weights) if f}
     if not needed <= set(manifest.files):
         raise ModelVersionError(f"{path}: lists no checksum for {sorted(needed - set(manifest.files))}")
     if verify:

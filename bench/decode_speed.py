@@ -114,7 +114,7 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path,
             version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", precision, pairs[:16],
                                                  precision=precision, beam_sizes=(1,))
             if version_dir is None:
-                raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report['failures']}")
+                raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report.failures}")
     return arch_dir
 
 

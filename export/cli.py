@@ -29,9 +29,9 @@ from export.quantize import PRECISIONS, convert
 from export.weights import share_weights
 from model.checkpoint import TOKENIZER, load_checkpoint
 from model.progress import progress_bar
-from model.search import DEFAULT_BEAM_SIZE, mode_label
+from model.search import DEFAULT_BEAM_SIZE
 from model.tsv import TsvError, read_test_pairs
-from server.runtime import Manifest, OnnxGraphs, SessionConfig, file_record, sha256_file
+from server.runtime import Manifest, OnnxGraphs, ParityReport, SessionConfig, file_record, sha256_file
 
 log = logging.getLogger("rosetta.export")
 
@@ -65,7 +65,7 @@ def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs:
 
 def export_version(checkpoint_path: Path, repository: Path, name: str, test_pairs: list[tuple[str, str]], *,
                    precision: str = "fp32", beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
-                   progress: bool = False) -> tuple[Path | None, dict]:
+                   progress: bool = False) -> tuple[Path | None, ParityReport]:
     """Export, verify and (if the gate passes) publish one version.
 
     Returns the published version directory, or None when the gate failed, and the parity report.
@@ -87,9 +87,9 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
         with progress_bar(total=total, desc="parity", unit="sent", disable=not progress) as bar:
             report = verify(checkpoint.model, onnx_graphs, checkpoint.tokenizer, test_pairs, precision,
                             beam_sizes=beam_sizes, batch_size=batch_size, progress=bar.update)
-        report["export_seconds"] = round(export_seconds, 1)
-        report["bytes"] = sum(r["bytes"] for r in manifest.files.values())
-        if not report["passed"]:
+        report = replace(report, export_seconds=round(export_seconds, 1),
+                         bytes=sum(r["bytes"] for r in manifest.files.values()))
+        if not report.passed:
             shutil.rmtree(staging)
             return None, report
         probes = write_probes(staging, onnx_graphs, checkpoint.tokenizer, test_pairs)
@@ -101,15 +101,15 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
         raise
 
 
-def summary(report: dict) -> str:
-    diffs = report["tensors"]["max_abs_diff"]
-    lines = [f"tensors ({report['tensors']['cases']} shape cases): max abs diff encoder {diffs['encoder']:.2e}, "
+def summary(report: ParityReport) -> str:
+    diffs = report.tensors.max_abs_diff
+    lines = [f"tensors ({report.tensors.cases} shape cases): max abs diff encoder {diffs['encoder']:.2e}, "
              f"logits {diffs['logits']:.2e}, cache {diffs['cache']:.2e}"]
-    for run in report["translations"]:
-        lines.append(f"{mode_label(run['beam_size'])}: {run['identical']}/{run['sentences']} identical to PyTorch; "
-                     f"BLEU {run['onnxruntime']['bleu']:.2f} (PyTorch {run['pytorch']['bleu']:.2f}), "
-                     f"chrF {run['onnxruntime']['chrf']:.2f} (PyTorch {run['pytorch']['chrf']:.2f})")
-    lines.append("parity gate: passed" if report["passed"] else "parity gate: FAILED\n  " + "\n  ".join(report["failures"]))
+    for run in report.translations:
+        lines.append(f"{run.mode}: {run.identical}/{run.sentences} identical to PyTorch; "
+                     f"BLEU {run.onnxruntime.bleu:.2f} (PyTorch {run.pytorch.bleu:.2f}), "
+                     f"chrF {run.onnxruntime.chrf:.2f} (PyTorch {run.pytorch.chrf:.2f})")
+    lines.append("parity gate: passed" if report.passed else "parity gate: FAILED\n  " + "\n  ".join(report.failures))
     return "\n".join(lines)
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     version_dir, report = export_version(args.checkpoint, args.repository, args.name, pairs, precision=args.precision,
                                          beam_sizes=(1, args.beam), batch_size=args.batch_size, progress=True)
     if args.report:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(summary(report), file=sys.stderr)
     if version_dir is None:
         print(f"rosetta-export: not published: the {args.precision} export failed its parity gate", file=sys.stderr)

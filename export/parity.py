@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,17 +30,12 @@ import torch
 from model.batching import pad
 from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
-from model.search import DecodeOptions, Hypothesis, length_sorted_batches, mode_label
+from model.search import DecodeOptions, Hypothesis, length_sorted_batches
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from server.runtime import OnnxGraphs, pad_ids, translate_ids as onnx_translate_ids
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs_diff: float | None  # tensors; None: reported, not gated
-    identical_tokens: bool  # translations must match the reference token for token
-    max_bleu_drop: float  # against the fp32 PyTorch reference
+from server.runtime import (EngineScores, OnnxGraphs, ParityReport, TensorParity, Tolerance, TranslationParity,
+                            pad_ids)
+from server.runtime import translate_ids as onnx_translate_ids
 
 
 TOLERANCES = {
@@ -93,7 +87,7 @@ def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, pa
             "cache": max(diff(keys, ref_pk), diff(values, ref_pv))}
 
 
-def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[list[int]], seed: int = 0) -> dict:
+def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[list[int]], seed: int = 0) -> TensorParity:
     """Max abs differences over SHAPE_CASES with random ids, and over batches of real sentences."""
     c = model.config
     rng = np.random.default_rng(seed)
@@ -108,11 +102,8 @@ def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[lis
         diffs = _compare_step(model, graphs, pad_ids(chunk, c.pad_id), int(rng.integers(0, 20)), rng)
         results.append({"batch": len(chunk), "source_len": max(map(len, chunk)), "past_len": -1, "real": True,
                         **diffs})
-    return {
-        "cases": len(results),
-        "max_abs_diff": {key: max(r[key] for r in results) for key in ("encoder", "logits", "cache")},
-        "shapes": [(r["batch"], r["source_len"], r["past_len"]) for r in results],
-    }
+    return TensorParity(len(results), {key: max(r[key] for r in results) for key in ("encoder", "logits", "cache")},
+                        [(r["batch"], r["source_len"], r["past_len"]) for r in results])
 
 
 def _decode_all(decode: Callable[[list[list[int]]], list[list[Hypothesis]]], sources: list[list[int]],
@@ -128,13 +119,12 @@ def _decode_all(decode: Callable[[list[list[int]]], list[list[Hypothesis]]], sou
 
 def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]],
                        beam_size: int, *, batch_size: int = 32,
-                       progress: Callable[[int], None] | None = None) -> dict:
+                       progress: Callable[[int], None] | None = None) -> TranslationParity:
     """Decode `pairs`' sources with both engines; token agreement and scores of each."""
     options = DecodeOptions(beam_size=beam_size)
     sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
     references = [t for _, t in pairs]
-    report = {"beam_size": beam_size, "sentences": len(pairs)}
-    outputs = {}
+    outputs, scores = {}, {}
     for engine, decode in (
         ("pytorch", lambda chunk: reference_translate_ids(model, pad(chunk), options)),
         ("onnxruntime", lambda chunk: onnx_translate_ids(graphs, chunk, options, max_batch=len(chunk))),
@@ -142,45 +132,38 @@ def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokeni
         start = time.perf_counter()
         outputs[engine] = _decode_all(decode, sources, batch_size, progress)
         texts = tokenizer.decode_batch(outputs[engine])
-        report[engine] = {**score_translations(texts, references), "seconds": round(time.perf_counter() - start, 2)}
+        scores[engine] = EngineScores(**score_translations(texts, references),
+                                      seconds=round(time.perf_counter() - start, 2))
     differing = [i for i, (a, b) in enumerate(zip(outputs["pytorch"], outputs["onnxruntime"])) if a != b]
-    report["identical"] = len(pairs) - len(differing)
-    report["first_differences"] = differing[:10]
-    report["bleu_change"] = report["onnxruntime"]["bleu"] - report["pytorch"]["bleu"]
-    return report
+    return TranslationParity(beam_size, len(pairs), scores["pytorch"], scores["onnxruntime"],
+                             identical=len(pairs) - len(differing), first_differences=differing[:10],
+                             bleu_change=scores["onnxruntime"].bleu - scores["pytorch"].bleu)
 
 
-def judge(report: dict, precision: str) -> list[str]:
-    """The gate: the ways `report` falls outside its precision's tolerance (empty = passed)."""
-    tolerance = TOLERANCES[precision]
+def judge(tensors: TensorParity, translations: list[TranslationParity], tolerance: Tolerance) -> list[str]:
+    """The gate: the ways the measurements fall outside the tolerance (empty = passed)."""
     failures = []
-    diffs = report["tensors"]["max_abs_diff"]
     if tolerance.max_abs_diff is not None:
         failures += [f"{name} max abs diff {value:.3g} > {tolerance.max_abs_diff:g}"
-                     for name, value in diffs.items() if value > tolerance.max_abs_diff]
-    for run in report["translations"]:
-        name = mode_label(run["beam_size"])
-        if tolerance.identical_tokens and run["identical"] != run["sentences"]:
-            failures.append(f"{name}: {run['sentences'] - run['identical']} of {run['sentences']} translations differ "
-                            f"from PyTorch (first at sentences {run['first_differences']})")
-        if -run["bleu_change"] > tolerance.max_bleu_drop + 1e-9:
-            failures.append(f"{name}: BLEU {run['onnxruntime']['bleu']:.2f} is {-run['bleu_change']:.2f} below "
-                            f"PyTorch's {run['pytorch']['bleu']:.2f} (allowed: {tolerance.max_bleu_drop})")
+                     for name, value in tensors.max_abs_diff.items() if value > tolerance.max_abs_diff]
+    for run in translations:
+        if tolerance.identical_tokens and run.identical != run.sentences:
+            failures.append(f"{run.mode}: {run.sentences - run.identical} of {run.sentences} translations differ "
+                            f"from PyTorch (first at sentences {run.first_differences})")
+        if -run.bleu_change > tolerance.max_bleu_drop + 1e-9:
+            failures.append(f"{run.mode}: BLEU {run.onnxruntime.bleu:.2f} is {-run.bleu_change:.2f} below "
+                            f"PyTorch's {run.pytorch.bleu:.2f} (allowed: {tolerance.max_bleu_drop})")
     return failures
 
 
 def verify(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]], precision: str,
            *, beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
-           progress: Callable[[int], None] | None = None) -> dict:
+           progress: Callable[[int], None] | None = None) -> ParityReport:
     """The full parity report of an exported version, with its verdict under `precision`'s tolerance."""
     sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
-    report = {
-        "precision": precision,
-        "tolerance": TOLERANCES[precision].__dict__,
-        "tensors": tensor_parity(model, graphs, sources),
-        "translations": [translation_parity(model, graphs, tokenizer, pairs, beam, batch_size=batch_size,
-                                            progress=progress) for beam in beam_sizes],
-    }
-    report["failures"] = judge(report, precision)
-    report["passed"] = not report["failures"]
-    return report
+    tolerance = TOLERANCES[precision]
+    tensors = tensor_parity(model, graphs, sources)
+    translations = [translation_parity(model, graphs, tokenizer, pairs, beam, batch_size=batch_size,
+                                       progress=progress) for beam in beam_sizes]
+    failures = judge(tensors, translations, tolerance)
+    return ParityReport(precision, tolerance, tensors, translations, failures, passed=not failures)

@@ -89,7 +89,7 @@ def tiny_version(tiny_checkpoint, repository) -> Path:
     from export.cli import export_version
 
     version_dir, report = export_version(tiny_checkpoint, repository, "tiny", tiny_pairs())
-    assert report["passed"], report["failures"]
+    assert report.passed, report.failures
     return version_dir
 
 

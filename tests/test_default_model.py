@@ -24,11 +24,11 @@ VERSION = REPOSITORY / "en-es" / "3"
 def test_the_served_version_verifies_and_passed_its_gate():
     manifest = load_manifest(VERSION)  # every checksum, the shared weights file's included
     assert (manifest.source_lang, manifest.target_lang, manifest.precision) == ("en", "es", "fp32")
-    assert manifest.parity["passed"]
-    for run in manifest.parity["translations"]:  # token-identical to PyTorch on the whole test split
-        assert run["identical"] == run["sentences"] == 1897
-    beam = next(run for run in manifest.parity["translations"] if run["beam_size"] == 4)
-    assert beam["onnxruntime"]["bleu"] >= 20.0
+    assert manifest.parity.passed
+    for run in manifest.parity.translations:  # token-identical to PyTorch on the whole test split
+        assert run.identical == run.sentences == 1897
+    beam = next(run for run in manifest.parity.translations if run.beam_size == 4)
+    assert beam.onnxruntime.bleu >= 20.0
 
 
 def test_the_served_version_holds_the_recipes_checkpoint_and_training_starts_from_it():

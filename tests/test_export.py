@@ -40,17 +40,17 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 
 def test_fp32_parity_holds_at_every_shape(tiny_version):
     report = load_manifest(tiny_version).parity
-    shapes = [tuple(shape) for shape in report["tensors"]["shapes"]]
+    shapes = [tuple(shape) for shape in report.tensors.shapes]
     # The edges of every dynamic axis are covered, not only the sizes used when exporting.
     assert (1, 1, 0) in shapes and any(b == 64 for b, _, _ in shapes)
     assert any(s == 64 for _, s, _ in shapes) and any(p == 63 for _, _, p in shapes)  # the tiny model's maximum
     # fp32 in both engines: only summation order differs, ~1e-6; 1e-4 is the gate's tolerance.
-    assert all(value <= 1e-4 for value in report["tensors"]["max_abs_diff"].values())
-    for run in report["translations"]:
-        assert run["identical"] == run["sentences"] == 32
-        assert run["onnxruntime"]["bleu"] == pytest.approx(100.0)
-    assert {run["beam_size"] for run in report["translations"]} == {1, 4}
-    assert report["passed"] and report["failures"] == []
+    assert all(value <= 1e-4 for value in report.tensors.max_abs_diff.values())
+    for run in report.translations:
+        assert run.identical == run.sentences == 32
+        assert run.onnxruntime.bleu == pytest.approx(100.0)
+    assert {run.beam_size for run in report.translations} == {1, 4}
+    assert report.passed and report.failures == []
 
 
 def test_manifest_describes_the_version_completely(tiny_version, tiny_checkpoint):
@@ -80,7 +80,7 @@ def test_re_export_creates_the_next_version_and_leaves_older_ones_untouched(tiny
     before = tree_hashes(tiny_version)
     second = step_checkpoints(tiny_run / "checkpoints")[0]  # another checkpoint of the run
     version_dir, report = export_version(second, repository, "tiny", tiny_pairs()[:4], beam_sizes=(1,))
-    assert report["passed"]
+    assert report.passed
     assert version_dir.name == str(max(versions(repository / "tiny")))
     assert load_manifest(version_dir).version == int(version_dir.name) > 1
     assert tree_hashes(tiny_version) == before
@@ -116,8 +116,8 @@ def test_a_failed_gate_publishes_nothing(tiny_checkpoint, tmp_path, monkeypatch)
     strict = parity.Tolerance(max_abs_diff=1e-12, identical_tokens=True, max_bleu_drop=0.0)
     monkeypatch.setitem(parity.TOLERANCES, "fp32", strict)
     version_dir, report = export_version(tiny_checkpoint, tmp_path, "tiny", tiny_pairs()[:4], beam_sizes=(1,))
-    assert version_dir is None and not report["passed"]
-    assert any("max abs diff" in failure for failure in report["failures"])
+    assert version_dir is None and not report.passed
+    assert any("max abs diff" in failure for failure in report.failures)
     assert list((tmp_path / "tiny").iterdir()) == []
 
 
@@ -146,16 +146,16 @@ def test_reduced_precision_variants_load_and_stay_within_tolerance(tiny_checkpoi
                                                                    source):
     origin = tiny_checkpoint if source == "checkpoint" else tiny_version
     version_dir, report = export_version(origin, tmp_path, "tiny", tiny_pairs(), precision=precision)
-    assert report["passed"], report["failures"]
+    assert report.passed, report.failures
     manifest = load_manifest(version_dir)
     assert manifest.precision == precision
     assert manifest.source_checkpoint["sha256"] == sha256_file(load_checkpoint(origin).weights)
     assert any(precision in step for step in manifest.optimizations)
     tolerance = parity.TOLERANCES[precision]
     if tolerance.max_abs_diff is not None:
-        assert report["tensors"]["max_abs_diff"]["logits"] <= tolerance.max_abs_diff
-    for run in report["translations"]:
-        assert run["bleu_change"] >= -tolerance.max_bleu_drop
+        assert report.tensors.max_abs_diff["logits"] <= tolerance.max_abs_diff
+    for run in report.translations:
+        assert run.bleu_change >= -tolerance.max_bleu_drop
     # The embedding, read by both graphs, is stored once, in the shared file.
     assert stored_copies(version_dir, load_checkpoint(tiny_checkpoint))["source_embedding.tokens.weight"] == 1
     if precision == "int8":  # its matmul weights are quantized: nothing to start training from
@@ -310,7 +310,7 @@ def test_an_fp16_checkpoint_is_stored_in_fp16_and_served_with_exactly_its_fp32_v
     original = load_checkpoint(tiny_checkpoint)
     half = save_checkpoint(tmp_path / "half", original.model, original.tokenizer, original.info, dtype=torch.float16)
     version_dir, report = export_version(half, tmp_path / "models", "tiny", tiny_pairs(), beam_sizes=(1,))
-    assert report["passed"] and report["translations"][0]["identical"] == 32
+    assert report.passed and report.translations[0].identical == 32
     # The shared file is the checkpoint's own weights file, byte for byte, and loads as one.
     assert sha256_file(version_dir / "weights.safetensors") == sha256_file(half / WEIGHTS)
     assert set(stored_copies(version_dir, load_checkpoint(half)).values()) == {1}

@@ -8,6 +8,7 @@ the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benc
     translator.translate_ids(ids, DecodeOptions(beam_size=4), max_batch=32)
 """
 
+from server.runtime.parity_report import EngineScores, ParityReport, TensorParity, Tolerance, TranslationParity
 from server.runtime.repository import (MANIFEST, Manifest, ModelVersionError, file_record, load_manifest,
                                        next_version, sha256_file, versions)
 from server.runtime.sessions import CUDA, DeviceUnavailableError, SessionConfig, create_session
@@ -22,5 +23,6 @@ __all__ = [
     "CUDA", "MANIFEST", "PROBES_FILE", "DeviceUnavailableError", "Gate", "GateFailure", "GateInterrupted", "Heldout",
     "LoadedVersion", "Manifest", "Probe", "Probes", "ModelVersionError", "OnnxGraphs", "SessionConfig", "Translation", "Translator", "cache_names",
     "create_session", "decoder_names", "encoder_names", "file_record", "load_manifest", "next_version", "pad_ids",
-    "replay", "sha256_file", "translate_ids", "versions",
+    "replay", "sha256_file", "translate_ids", "versions", "EngineScores", "ParityReport", "TensorParity", "Tolerance",
+    "TranslationParity",
 ]

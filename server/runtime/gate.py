@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from model.scoring import score_translations
-from model.search import mode_label
 from server.runtime.probes import Probes, replay
 from server.runtime.repository import Manifest, ModelVersionError, load_manifest
 from server.runtime.sessions import DeviceUnavailableError, SessionConfig
@@ -51,13 +50,7 @@ class LoadedVersion:
 
     @property
     def parity_summary(self) -> str:
-        parity = self.manifest.parity
-        if not parity:
-            return "no parity report"
-        runs = ", ".join(f"{mode_label(r['beam_size'])} "
-                         f"{r['identical']}/{r['sentences']} identical, BLEU {r['onnxruntime']['bleu']:.1f}"
-                         for r in parity.get("translations", []))
-        return f"{'passed' if parity.get('passed') else 'FAILED'} ({self.manifest.precision}): {runs}"
+        return self.manifest.parity.summary() if self.manifest.parity else "no parity report"
 
 
 def heldout_chrf(translator: Translator, pairs: list[tuple[str, str]], beam_size: int) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ModelConfig
+from server.runtime.parity_report import ParityReport
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -48,7 +49,7 @@ class Manifest:
     source_checkpoint: dict[str, Any] = field(default_factory=dict)  # path, sha256, step, metrics
     libraries: dict[str, str] = field(default_factory=dict)  # torch, onnx, onnxruntime, ... versions
     optimizations: list[str] = field(default_factory=list)  # what the export applied to the graphs
-    parity: dict[str, Any] = field(default_factory=dict)  # the export's parity report
+    parity: ParityReport | None = None  # the export's verdict against its checkpoint
     probes: str = ""  # file name of the probes a loader replays before serving (export/probes.py)
     weights: str = ""  # file name of the weights the graphs share (export/weights.py); "" = inside each graph
     format: int = MANIFEST_FORMAT
@@ -65,6 +66,7 @@ class Manifest:
         data = json.loads(text)
         if data.get("format") != MANIFEST_FORMAT:
             raise ModelVersionError(f"manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}")
+        data["parity"] = ParityReport.from_dict(data["parity"]) if data.get("parity") else None
         return cls(**data)
 
 
@@ -92,8 +94,8 @@ def load_manifest(version_dir: str | Path, *, verify: bool = True) -> Manifest:
         raise ModelVersionError(f"{version_dir}: no {MANIFEST}; not a model version (or an incomplete one)")
     try:
         manifest = Manifest.from_json(path.read_text())
-    except (ValueError, TypeError) as e:
-        raise ModelVersionError(f"{path}: unreadable manifest ({e})") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise ModelVersionError(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
     needed = set(manifest.graphs.values()) | {manifest.tokenizer} | {f for f in (manifest.probes, manifest.weights) if f}
     if not needed <= set(manifest.files):
         raise ModelVersionError(f"{path}: lists no checksum for {sorted(needed - set(manifest.files))}")

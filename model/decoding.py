@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from model.search import DecodeOptions, Hypothesis, SentenceBeams, advance_beams, greedy_hypothesis
+from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, advance_greedy,
+                          greedy_hypothesis)
 from model.transformer import Cache, Transformer
 
 
@@ -71,15 +72,8 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
         best = log_probs.argmax(dim=-1)
         best_scores = log_probs.gather(1, best[:, None])[:, 0]
         step += 1
-        keep = []
-        for row, sentence in enumerate(active):
-            token = int(best[row])
-            scores[sentence] += float(best_scores[row])
-            if token == config.eos_id:
-                continue
-            outputs[sentence].append(token)
-            if step < limits[sentence]:
-                keep.append(row)
+        keep = advance_greedy(enumerate(active), best.tolist(), best_scores.tolist(), outputs, scores, limits, step,
+                              config.eos_id)
         if len(keep) < len(active):
             index = torch.tensor(keep, dtype=torch.long, device=src.device)
             cross_k, cross_v, past_k, past_v = (_rows(index, c) for c in (cross_k, cross_v, past_k, past_v))

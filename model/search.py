@@ -1,13 +1,14 @@
 """Decoding options and the search rules every decoder applies identically.
 
 Both the PyTorch reference decoder (model/decoding.py) and the ONNX Runtime decoder in
-server/ use these: the options, the output budget, the score, and a sentence's beam
+server/runtime/ use these: the options, the output budget, the score, and the greedy and beam
 bookkeeping, so "the same options" means the same search and the two decoders differ only in
 how they compute the next-token log-probabilities. No torch here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -84,6 +85,26 @@ def normalized_score(log_prob: float, length: int, length_penalty: float) -> flo
 class Hypothesis:
     tokens: list[int]  # generated ids, EOS excluded
     score: float  # normalized log-probability (see DecodeOptions.length_penalty)
+
+
+def advance_greedy(rows: Iterable[tuple[int, int]], best: Sequence[int], best_scores: Sequence[float],
+                   outputs: list[list[int]], scores: list[float], limits: list[int], step: int,
+                   eos_id: int) -> list[int]:
+    """One greedy step for both decoders: each (row, sentence) takes its row's best token and score.
+
+    EOS ends a sentence (it is scored, not kept); a sentence that reached its budget `limits`
+    after `step` tokens ends too. Returns the rows that go on, in order.
+    """
+    keep = []
+    for row, sentence in rows:
+        scores[sentence] += best_scores[row]
+        token = best[row]
+        if token == eos_id:
+            continue
+        outputs[sentence].append(token)
+        if step < limits[sentence]:
+            keep.append(row)
+    return keep
 
 
 def greedy_hypothesis(tokens: list[int], log_prob: float, limit: int, length_penalty: float) -> Hypothesis:

@@ -29,8 +29,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, greedy_hypothesis,
-                          length_sorted_batches)
+from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, advance_greedy,
+                          greedy_hypothesis, length_sorted_batches)
 from server.runtime.graphs import OnnxGraphs
 
 Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
@@ -121,18 +121,9 @@ def _greedy(graphs: OnnxGraphs, source_ids: np.ndarray, options: DecodeOptions,
         past_k, past_v = out.keys, out.values
         best, best_scores = out.top_ids[:, 0], out.top_log_probs[:, 0]
         step += 1
-        keep = []
-        for row, sentence in enumerate(active):
-            if abandoned(sentence):
-                gone.add(sentence)
-                continue
-            token = int(best[row])
-            scores[sentence] += float(best_scores[row])
-            if token == c.eos_id:
-                continue
-            outputs[sentence].append(token)
-            if step < limits[sentence]:
-                keep.append(row)
+        gone.update(sentence for sentence in active if abandoned(sentence))
+        keep = advance_greedy([(row, sentence) for row, sentence in enumerate(active) if sentence not in gone],
+                              best.tolist(), best_scores.tolist(), outputs, scores, limits, step, c.eos_id)
         if not keep:
             break
         if len(keep) < len(active):

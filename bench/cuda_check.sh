@@ -27,7 +27,7 @@ check() { "$@" || failed+=("$*"); }
 step "providers"
 check "$PY" -c "
 import onnxruntime as ort
-from server.runtime.sessions import cuda_unavailable_reason
+from server.runtime import cuda_unavailable_reason
 print('onnxruntime', ort.__version__, ort.get_available_providers())
 print('CUDA provider:', cuda_unavailable_reason() or 'usable')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -11,7 +11,7 @@ the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benc
 from server.runtime.parity_report import EngineScores, ParityReport, TensorParity, Tolerance, TranslationParity
 from server.runtime.repository import (MANIFEST, Manifest, ModelVersionError, file_record, load_manifest,
                                        next_version, sha256_file, versions)
-from server.runtime.sessions import CUDA, DeviceUnavailableError, SessionConfig, create_session
+from server.runtime.sessions import CUDA, DeviceUnavailableError, SessionConfig, create_session, cuda_unavailable_reason
 from server.runtime.graph_io import cache_names, decoder_names, encoder_names
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.decoding import pad_ids, translate_ids
@@ -20,9 +20,10 @@ from server.runtime.translator import Translation, Translator
 from server.runtime.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
 
 __all__ = [
-    "CUDA", "MANIFEST", "PROBES_FILE", "DeviceUnavailableError", "Gate", "GateFailure", "GateInterrupted", "Heldout",
-    "LoadedVersion", "Manifest", "Probe", "Probes", "ModelVersionError", "OnnxGraphs", "SessionConfig", "Translation", "Translator", "cache_names",
-    "create_session", "decoder_names", "encoder_names", "file_record", "load_manifest", "next_version", "pad_ids",
-    "replay", "sha256_file", "translate_ids", "versions", "EngineScores", "ParityReport", "TensorParity", "Tolerance",
-    "TranslationParity",
+    "CUDA", "MANIFEST", "PROBES_FILE", "DeviceUnavailableError", "EngineScores", "Gate", "GateFailure",
+    "GateInterrupted", "Heldout", "LoadedVersion", "Manifest", "ModelVersionError", "OnnxGraphs",
+    "ParityReport", "Probe", "Probes", "SessionConfig", "TensorParity", "Tolerance", "Translation",
+    "TranslationParity", "Translator", "cache_names", "create_session", "cuda_unavailable_reason",
+    "decoder_names", "encoder_names", "file_record", "load_manifest", "next_version", "pad_ids", "replay",
+    "sha256_file", "translate_ids", "versions",
 ]

@@ -44,6 +44,13 @@ from server.runtime import SessionConfig, Translator
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def machine() -> dict[str, str | int | None]:
+    """The CPU, cores and Python that the figures were measured with."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -187,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "server_args": args.server_args, "in_process_batch": args.batch,
         "in_process_texts_per_s": baseline,
         "seconds_to_serving": server.seconds_to_serving, **memory, "service": rows,
-        "machine": {"cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if line.startswith("model name")), platform.processor()),
-                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

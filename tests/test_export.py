@@ -33,6 +33,8 @@ from tests.builders import random_batch, tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.slow  # exports and verifies models, seconds each (pytest -m "not slow" skips them)
+
 
 def tree_hashes(directory: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(directory.iterdir())}

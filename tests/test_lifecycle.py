@@ -306,6 +306,29 @@ def slow_start(repository: Path, tmp_path: Path) -> subprocess.Popen:
             return process
 
 
+@pytest.mark.parametrize("signal_", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_server_code_is_still_importing_is_handled(scratch, signal_):
+    """0.2 s after the process starts it is importing gRPC and ONNX Runtime: SIGTERM then stops it
+    with exit 0, SIGHUP leaves it to serve."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--repository", str(scratch), "--port", "0", "--device", "cpu",
+         "--threads", "1", "--metrics-port", "-1", "--log-format", "json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)
+        assert process.poll() is None
+        process.send_signal(signal_)
+        if signal_ == signal.SIGTERM:
+            assert process.wait(timeout=60) == 0
+            assert "serving" not in process.stdout.read() and "stopped" in process.stderr.read()
+        else:
+            assert json.loads(process.stdout.readline())["event"] == "serving"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+
+
 def test_sigterm_during_start_up_stops_gracefully(scratch, tmp_path):
     process = slow_start(scratch, tmp_path)
     process.send_signal(signal.SIGTERM)

@@ -32,6 +32,8 @@ from server.runtime import Gate, GateFailure, GateInterrupted, LoadedVersion, ve
 
 log = logging.getLogger("rosetta.registry")
 
+CHECKED = "probes identical"  # the verdict of checks 1-4 (server/runtime/gate.py); a comparison may follow
+
 
 class VersionState(enum.Enum):
     AVAILABLE = "available"  # in the repository, not checked (or unloaded since a newer version replaced it)
@@ -186,9 +188,9 @@ class ModelRegistry:
             if entry.loaded is None:
                 entry.state, entry.reason = VersionState.LOADING, "being checked"
                 entry.loaded = await asyncio.to_thread(self.gate.check, self.repository / name / str(number), name, number)
-                entry.state, entry.reason = VersionState.STANDBY, "probes identical"
+                entry.state, entry.reason = VersionState.STANDBY, CHECKED
             if replaces is not None:
-                entry.reason = f"probes identical; {await asyncio.to_thread(self.gate.compare, entry.loaded, replaces)}"
+                entry.reason = f"{CHECKED}; {await asyncio.to_thread(self.gate.compare, entry.loaded, replaces)}"
             entry.compared_with = serving if replaces is not None else 0
         except GateFailure as e:
             entry.state, entry.reason, entry.loaded = VersionState.REJECTED, str(e), None

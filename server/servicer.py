@@ -18,19 +18,18 @@ import grpc
 
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions, Hypothesis
 from model.tokenizer import SourceTooLongError
-from server import sentences
 from rosetta.v1 import translator_pb2 as pb
 from rosetta.v1 import translator_pb2_grpc
+from server import sentences
 from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 from server.config import ServerConfig
-from server.runtime import LoadedVersion
 from server.malformed import MalformedMessageError
 from server.metrics import Metrics
 from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, VersionRejectedError, VersionState,
                              VersionUnavailableError)
+from server.runtime import LoadedVersion
 
 log = logging.getLogger("rosetta.servicer")
-
 
 
 class RequestError(Exception):

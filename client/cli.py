@@ -3,6 +3,7 @@
     rosetta-translate "Hello, world."
     echo "Hello, world." | rosetta-translate
     rosetta-translate --file input.txt --beam 4 --n-best 3 --server localhost:50051
+    rosetta-translate --format html --glossary save=guardar --keep Rosetta "Click <b>Save</b> in Rosetta."
 
 Each line of stdin or of --file is one text; translations are printed one per line (with
 --n-best, each hypothesis on its own line as `score<TAB>text`, a blank line between texts).
@@ -28,10 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", type=int, default=0, help="pin a model version (default: the newest)")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy; default: the server's, 4)")
     p.add_argument("--n-best", type=int, help="print this many translations per text")
+    p.add_argument("--format", choices=["plain", "html", "xml"], default="plain", help="how to read the text")
+    p.add_argument("--glossary", action="append", default=[], metavar="SOURCE=TARGET",
+                   help="translate SOURCE as TARGET, exactly (repeatable)")
+    p.add_argument("--keep", action="append", default=[], metavar="TEXT", help="never translate TEXT (repeatable)")
+    p.add_argument("--report", action="store_true",
+                   help="after each translation, print the server's report (kept spans, tags, glossary terms, "
+                        "repairs, confidence) to stderr")
     p.add_argument("--token", default=os.environ.get("ROSETTA_TOKEN"), help="bearer token [env ROSETTA_TOKEN]")
     p.add_argument("--ca", type=Path, help="PEM CA certificate: connect with TLS")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     args = p.parse_args(argv)
+    if any("=" not in term for term in args.glossary):
+        p.error("--glossary takes SOURCE=TARGET")
+    text_options = dict(format=args.format, keep=args.keep,
+                        glossary=dict(term.split("=", 1) for term in args.glossary))
     if args.text is not None:
         texts = [args.text]
     else:
@@ -42,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with client:
             for i, text in enumerate(texts):
+                result = client.translate_with_report(text, model=args.model, version=args.version,
+                                                      beam_size=args.beam, n_best=args.n_best, **text_options)
                 if args.n_best:
-                    hypotheses = client.translate_n_best(text, model=args.model, version=args.version,
-                                                         beam_size=args.beam, n_best=args.n_best)
-                    print("\n".join(f"{h.score:.4f}\t{h.text}" for h in hypotheses) + ("\n" if i < len(texts) - 1 else ""))
+                    print("\n".join(f"{h.score:.4f}\t{h.text}" for h in result.hypotheses)
+                          + ("\n" if i < len(texts) - 1 else ""))
                 else:
-                    print(client.translate(text, model=args.model, version=args.version, beam_size=args.beam))
+                    print(result.translation)
+                if args.report:
+                    print(result.report, file=sys.stderr)
     except TranslationError as e:
         print(f"rosetta-translate: {e}", file=sys.stderr)
         return 1

@@ -5,14 +5,21 @@
         for hypothesis in client.translate_n_best("Hello, world.", n_best=3):
             print(hypothesis.score, hypothesis.text)
 
+        result = client.translate_with_report('Click <b>Save</b> to keep %s.', format="html",
+                                              glossary={"save": "guardar"})
+        print(result.translation, result.report.protected, result.report.glossary_applied)
+
 Decoding options are keyword arguments of each call; unset ones take the server's defaults
-(see protos/rosetta/v1/translator.proto). Errors raise TranslationError with the gRPC status.
+(see protos/rosetta/v1/translator.proto), and so do the text options: `format` ("plain",
+"html" or "xml"), `glossary` (source term -> required translation) and `keep` (strings never
+translated). Errors raise TranslationError with the gRPC status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -33,6 +40,41 @@ class Hypothesis:
     text: str
     score: float
     tokens: int
+
+
+@dataclass(frozen=True)
+class TextReport:
+    """What the server kept, placed, applied and repaired in one text (see the .proto)."""
+
+    protected: list[str]
+    tags: int
+    glossary_applied: list[tuple[str, str]]
+    repairs: list[str]
+    confidence: list[float]  # per sentence, 0..1
+
+
+@dataclass(frozen=True)
+class Result:
+    """One text's translations, best first, and its report."""
+
+    hypotheses: list[Hypothesis]
+    report: TextReport
+
+    @property
+    def translation(self) -> str:
+        return self.hypotheses[0].text
+
+
+FORMATS = {"plain": pb.TEXT_FORMAT_PLAIN, "html": pb.TEXT_FORMAT_HTML, "xml": pb.TEXT_FORMAT_XML}
+
+
+def text_fields(format: str = "plain", glossary: Mapping[str, str] | None = None,
+                keep: Sequence[str] | None = None) -> dict[str, Any]:
+    """The request fields of the text options."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    return dict(format=FORMATS[format], keep=list(keep or ()),
+                glossary=[pb.GlossaryTerm(source=s, target=t) for s, t in (glossary or {}).items()])
 
 
 @dataclass(frozen=True)
@@ -102,14 +144,21 @@ class TranslatorClient:
             options.length_penalty = length_penalty
         return options
 
-    def translate_n_best(self, text: str, *, model: str = "", version: int = 0, beam_size: int | None = None,
-                         length_penalty: float | None = None, min_length: int | None = None,
-                         max_length: int | None = None, n_best: int | None = None) -> list[Hypothesis]:
-        """The n best translations of `text`, best first (options: see the .proto)."""
+    def translate_with_report(self, text: str, *, model: str = "", version: int = 0, beam_size: int | None = None,
+                              length_penalty: float | None = None, min_length: int | None = None,
+                              max_length: int | None = None, n_best: int | None = None, format: str = "plain",
+                              glossary: Mapping[str, str] | None = None,
+                              keep: Sequence[str] | None = None) -> Result:
+        """The n best translations of `text` and the server's report on it (options: see the .proto)."""
         response = self._call(self._stub.Translate, pb.TranslateRequest(
             text=text, model=model, version=version,
-            options=self._options(beam_size, length_penalty, min_length, max_length, n_best)))
-        return _hypotheses(response)
+            options=self._options(beam_size, length_penalty, min_length, max_length, n_best),
+            **text_fields(format, glossary, keep)))
+        return _result(response)
+
+    def translate_n_best(self, text: str, **options) -> list[Hypothesis]:
+        """The n best translations of `text`, best first; options as in `translate_with_report`."""
+        return self.translate_with_report(text, **options).hypotheses
 
     def translate(self, text: str, **options) -> str:
         """The best translation of `text`; options as in `translate_n_best`."""
@@ -118,11 +167,14 @@ class TranslatorClient:
     def translate_batch_n_best(self, texts: Sequence[str], *, model: str = "", version: int = 0,
                                beam_size: int | None = None, length_penalty: float | None = None,
                                min_length: int | None = None, max_length: int | None = None,
-                               n_best: int | None = None) -> list[list[Hypothesis]]:
+                               n_best: int | None = None, format: str = "plain",
+                               glossary: Mapping[str, str] | None = None,
+                               keep: Sequence[str] | None = None) -> list[list[Hypothesis]]:
         """The n best translations of each text, best first, in order, in one call."""
         response = self._call(self._stub.TranslateBatch, pb.TranslateBatchRequest(
             texts=list(texts), model=model, version=version,
-            options=self._options(beam_size, length_penalty, min_length, max_length, n_best)))
+            options=self._options(beam_size, length_penalty, min_length, max_length, n_best),
+            **text_fields(format, glossary, keep)))
         return [_hypotheses(r) for r in response.translations]
 
     def translate_batch(self, texts: Sequence[str], **options) -> list[str]:
@@ -132,14 +184,16 @@ class TranslatorClient:
     def translate_stream(self, texts: Iterable[str], *, model: str = "", version: int = 0,
                          beam_size: int | None = None, length_penalty: float | None = None,
                          min_length: int | None = None, max_length: int | None = None,
-                         n_best: int | None = None) -> Iterator[StreamResult]:
+                         n_best: int | None = None, format: str = "plain", glossary: Mapping[str, str] | None = None,
+                         keep: Sequence[str] | None = None) -> Iterator[StreamResult]:
         """Send texts as they come (any iterable, also a generator) over one TranslateStream call,
         and get each result as soon as it is done, not necessarily in order: `index` is the text's
         position in `texts`. A text the server refuses yields a result with its error; a failure
         of the whole stream raises TranslationError."""
         options = self._options(beam_size, length_penalty, min_length, max_length, n_best)
+        fields = text_fields(format, glossary, keep)
         requests = (pb.TranslateStreamRequest(id=str(i), request=pb.TranslateRequest(
-            text=text, model=model, version=version, options=options)) for i, text in enumerate(texts))
+            text=text, model=model, version=version, options=options, **fields)) for i, text in enumerate(texts))
         try:
             for answer in self._stub.TranslateStream(requests, timeout=self.timeout, metadata=self._metadata):
                 if answer.HasField("error"):
@@ -161,6 +215,13 @@ class TranslatorClient:
 
 def _hypotheses(response: pb.TranslateResponse) -> list[Hypothesis]:
     return [Hypothesis(h.text, h.score, h.tokens) for h in response.hypotheses]
+
+
+def _result(response: pb.TranslateResponse) -> Result:
+    r = response.report
+    return Result(_hypotheses(response), TextReport(
+        list(r.protected), r.tags, [(t.source, t.target) for t in r.glossary_applied], list(r.repairs),
+        [round(c, 4) for c in r.confidence]))
 
 
 def _status(code: int) -> grpc.StatusCode:

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+from export.calibration import fit_calibration
 from export.onnx_export import GRAPH_OPTIMIZATIONS, OPSET, export_graphs
 from export.parity import verify
 from export.probes import write_probes
@@ -65,8 +66,10 @@ def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs:
 
 def export_version(checkpoint_path: Path, repository: Path, name: str, test_pairs: list[tuple[str, str]], *,
                    precision: str = "fp32", beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
-                   progress: bool = False) -> tuple[Path | None, ParityReport]:
+                   progress: bool = False, calibrate_on: Path | None = None) -> tuple[Path | None, ParityReport]:
     """Export, verify and (if the gate passes) publish one version.
+
+    calibrate_on: held-out pairs (TSV) to fit the version's confidence calibration on; None for none.
 
     Returns the published version directory, or None when the gate failed, and the parity report.
     """
@@ -93,7 +96,9 @@ def export_version(checkpoint_path: Path, repository: Path, name: str, test_pair
             shutil.rmtree(staging)
             return None, report
         probes = write_probes(staging, onnx_graphs, checkpoint.tokenizer, test_pairs)
-        manifest = replace(manifest, probes=probes, parity=report,
+        calibration = None if calibrate_on is None else fit_calibration(
+            onnx_graphs, checkpoint.tokenizer, read_test_pairs(calibrate_on), source=calibrate_on, batch_size=batch_size)
+        manifest = replace(manifest, probes=probes, parity=report, confidence=calibration,
                            files={**manifest.files, probes: file_record(staging / probes)})
         return publish(staging, manifest), report
     except BaseException:
@@ -127,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM_SIZE, help="beam size checked besides greedy")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--report", type=Path, help="also write the parity report here as JSON")
+    p.add_argument("--calibrate", type=Path, metavar="VALID_TSV",
+                   help="fit the confidence calibration the text path reports with on these held-out pairs (e.g. "
+                        "data/en-es/valid.tsv); without it the confidence is the geometric mean token probability")
     return p
 
 
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pairs = pairs[: args.parity_sentences or None]
     version_dir, report = export_version(args.checkpoint, args.repository, args.name, pairs, precision=args.precision,
-                                         beam_sizes=(1, args.beam), batch_size=args.batch_size, progress=True)
+                                         beam_sizes=(1, args.beam), batch_size=args.batch_size, progress=True,
+                                         calibrate_on=args.calibrate)
     if args.report:
         args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(summary(report), file=sys.stderr)

@@ -1,11 +1,14 @@
 """`rosetta-evaluate`: translate a test set with a checkpoint or an exported version, and score it.
 
-    rosetta-evaluate --model PATH --test FILE.tsv [--beam N] [--batch-size N]
+    rosetta-evaluate --model PATH --test FILE.tsv [--beam N] [--batch-size N] [--format html]
 
 A stable contract that other tools call. FILE.tsv holds `source<TAB>reference` lines (no
 header); a malformed line is an error naming it (exit 2). PATH is a checkpoint directory
 (decoded by the PyTorch reference decoder) or a model version directory with a manifest
-(decoded by ONNX Runtime, as the server does). Progress goes to stderr; the last line on
+(decoded by ONNX Runtime, as the server does). Either way each source goes through the
+runtime's text path as a server request would (sentence splitting, protected spans, markup with
+--format, cutting of over-long sentences, repairs), so any file is scored to its end; the JSON
+counts the repairs made. Progress goes to stderr; the last line on
 stdout is one JSON object with `bleu`, `chrf` (sacreBLEU defaults), `sentences` and
 `seconds`, plus the beam size, the engine and the model path.
 
@@ -22,34 +25,33 @@ from pathlib import Path
 
 from model.progress import progress_bar
 from model.scoring import score_translations
-from model.search import DEFAULT_BEAM_SIZE
+from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from model.tsv import TsvError, read_test_pairs
-from server.runtime import MANIFEST
+from server.runtime import MANIFEST, Format, TextJob, TextOptions, TextTranslation, run_jobs
 
 
-def translate_with_version(path: Path, sources: list[str], *, beam: int, batch_size: int,
-                           length_penalty: float, device: str) -> tuple[list[str], str]:
-    from server.runtime import SessionConfig
-    from server.runtime import Translator
+def translate_with_version(path: Path, sources: list[str], *, options: DecodeOptions, text_options: TextOptions,
+                           batch_size: int, device: str) -> tuple[list[TextTranslation], str]:
+    from server.runtime import SessionConfig, Translator
 
     translator = Translator(path, SessionConfig(device=device or "auto"))
     with progress_bar(total=len(sources), desc="translate", unit="sent") as bar:
-        hypotheses = translator.translate(sources, beam_size=beam, batch_size=batch_size,
-                                          length_penalty=length_penalty, on_batch=bar.update)
-    return hypotheses, f"onnxruntime ({translator.provider}, {translator.manifest.precision})"
+        results = translator.translate_texts(sources, options, text_options=text_options, batch_size=batch_size,
+                                             on_batch=bar.update)
+    return results, f"onnxruntime ({translator.provider}, {translator.manifest.precision})"
 
 
-def translate_with_checkpoint(path: Path, sources: list[str], *, beam: int, batch_size: int,
-                              length_penalty: float) -> tuple[list[str], str]:
+def translate_with_checkpoint(path: Path, sources: list[str], *, options: DecodeOptions, text_options: TextOptions,
+                              batch_size: int) -> tuple[list[TextTranslation], str]:
     from model.checkpoint import load_checkpoint
-    from model.search import DecodeOptions
-    from model.translate import translate_texts
+    from model.translate import translate_encoded
 
     checkpoint = load_checkpoint(path)
-    options = DecodeOptions(beam_size=beam, length_penalty=length_penalty)
-    hypotheses = translate_texts(checkpoint.model, checkpoint.tokenizer, sources, options=options,
-                                 batch_size=batch_size, progress=True)
-    return hypotheses, "pytorch"
+    jobs = [TextJob(s, checkpoint.tokenizer, checkpoint.config.max_positions, options=text_options,
+                    n_best=options.n_best, length_penalty=options.length_penalty) for s in sources]
+    results = run_jobs(jobs, lambda ids: translate_encoded(checkpoint.model, ids, options=options,
+                                                           batch_size=batch_size, progress=True))
+    return results, "pytorch"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam", type=int, default=DEFAULT_BEAM_SIZE, help="beam size (1 = greedy)")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per decoding batch")
     parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--format", choices=[f.value for f in Format], default="plain",
+                        help="how to read the sources (html/xml: inline tags are placed, as the server does)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], help="for a model version (default: auto)")
     parser.add_argument("--output", type=Path, help="also write the translations here, one per line")
     return parser
@@ -74,17 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sources = [s for s, _ in pairs]
     start = time.perf_counter()
-    options = dict(beam=args.beam, batch_size=args.batch_size, length_penalty=args.length_penalty)
+    settings = dict(options=DecodeOptions(beam_size=args.beam, length_penalty=args.length_penalty),
+                    text_options=TextOptions(format=Format(args.format)), batch_size=args.batch_size)
     if (args.model / MANIFEST).is_file():
-        hypotheses, engine = translate_with_version(args.model, sources, device=args.device, **options)
+        results, engine = translate_with_version(args.model, sources, device=args.device, **settings)
     else:
-        hypotheses, engine = translate_with_checkpoint(args.model, sources, **options)
+        results, engine = translate_with_checkpoint(args.model, sources, **settings)
     seconds = time.perf_counter() - start
+    hypotheses = [r.texts[0] for r in results]
     if args.output:
         args.output.write_text("".join(h + "\n" for h in hypotheses))
     result = score_translations(hypotheses, [r for _, r in pairs])
     result.update({"sentences": len(pairs), "seconds": round(seconds, 3), "beam": args.beam,
-                   "model": str(args.model), "engine": engine})
+                   "model": str(args.model), "engine": engine, "format": args.format,
+                   "repairs": sum(len(r.report.repairs) for r in results)})
     print(json.dumps(result))
     return 0
 

@@ -24,8 +24,11 @@ import csv
 import gzip
 import hashlib
 import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from model.format_data import prepare_format
 from model.tsv import read_tsv, write_tsv
 
 BIBLE_FILE = "en-es.refs.tsv.gz"
@@ -74,6 +77,21 @@ def lohelp_split_of_block(block: int) -> str:
 def split_lohelp(path: Path) -> dict[str, Pairs]:
     """LibreOffice help pairs by split, assigned by block of consecutive paragraphs."""
     splits: dict[str, Pairs] = {"train": [], "valid": [], "test": []}
+    for en, es, split in _lohelp_rows(path):
+        splits[split].append((en, es))
+    return splits
+
+
+def lohelp_split_of_source(path: Path) -> dict[str, str]:
+    """The split of each LibreOffice help source paragraph (a held-out one wins a repeat)."""
+    split_of: dict[str, str] = {}
+    for en, _, split in _lohelp_rows(path):
+        if split_of.get(en, "train") == "train":
+            split_of[en] = split
+    return split_of
+
+
+def _lohelp_rows(path: Path) -> Iterator[tuple[str, str, str]]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for index, line in enumerate(f):
             columns = line.rstrip("\n").split("\t")
@@ -81,8 +99,7 @@ def split_lohelp(path: Path) -> dict[str, Pairs]:
                 continue
             en, es = _clean(columns[0]), _clean(columns[1])
             if en and es:
-                splits[lohelp_split_of_block(index // LOHELP_BLOCK)].append((en, es))
-    return splits
+                yield en, es, lohelp_split_of_block(index // LOHELP_BLOCK)
 
 
 def split_phrases(path: Path) -> dict[str, Pairs]:
@@ -120,9 +137,24 @@ def prepare(corpus_dir: Path, out_dir: Path, phrases: Path = PHRASES_FILE) -> di
         "test.lohelp.tsv": lohelp["test"],
         "test.phrases.tsv": everyday["test"],
     }
+    files |= prepare_format(corpus_dir, files["train.tsv"], {en.lower() for en, _ in held_out}, lohelp_split_of_source(corpus_dir / LOHELP_FILE),
+                            common_characters(files["train.tsv"]))
     for name, pairs in files.items():
         write_tsv(out_dir / name, pairs)
     return {name: len(pairs) for name, pairs in files.items()}
+
+
+def common_characters(pairs: Pairs, coverage: float = 0.9999) -> Callable[[str], bool]:
+    """Whether a character is among the most frequent ones that together make up `coverage` of the
+    training text: the alphabet a tokenizer trained on it spells (the rest are protected spans)."""
+    counts = Counter(char for pair in pairs for text in pair for char in text)
+    total, running, alphabet = sum(counts.values()), 0, set()
+    for char, n in counts.most_common():
+        if running >= coverage * total:
+            break
+        alphabet.add(char)
+        running += n
+    return alphabet.__contains__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from model.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from model.sentinels import SENTINELS, with_sentinels
 
 
 class SourceTooLongError(ValueError):
@@ -39,6 +40,13 @@ class Tokenizer:
             EOS_ID,
         ):
             raise ValueError("tokenizer special ids must be pad=0, unk=1, bos=2, eos=3")
+        # Characters the vocabulary spells with its own pieces; any other character is encoded
+        # as bytes, which the model never learned to translate.
+        self._alphabet = frozenset(
+            char for i in range(self._sp.get_piece_size()) if self._sp.is_unknown(i) is False
+            and not self._sp.is_byte(i) and not self._sp.is_control(i) for char in self._sp.id_to_piece(i)
+        ) - {"\u2581"}
+        self.has_sentinels = all(self._sp.piece_to_id(s) != UNK_ID for s in SENTINELS)
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -49,6 +57,15 @@ class Tokenizer:
 
     def to_bytes(self) -> bytes:
         return self._proto
+
+    def with_sentinels(self) -> Tokenizer:
+        """This tokenizer with the sentinel pieces appended (model/sentinels.py); every other id
+        keeps its value, so a trained model only grows new embedding rows."""
+        return Tokenizer(with_sentinels(self._proto))
+
+    def knows(self, char: str) -> bool:
+        """Whether `char` is spelled by the vocabulary's own pieces (not by byte fallback)."""
+        return char in self._alphabet
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 8000, seed_sentences: int = 2_000_000) -> Tokenizer:

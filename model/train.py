@@ -40,6 +40,7 @@ from model.resume import ResumeError
 from model.run import Run
 from model.run_dir import RUN_CONFIG, RunDirError, RunStart, create_run, read_run
 from model.tokenizer import Tokenizer
+from model.transformer import with_vocabulary
 from model.train_config import TrainConfig
 from model.tsv import TsvError, read_tsv
 
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", type=Path,
                    help="start from this checkpoint's weights, tokenizer and model config (fine-tuning, e.g. the "
                         "default model on your own corpus); the model-shape flags are then ignored")
+    p.add_argument("--sentinels", action="store_true",
+                   help="with --init-from: add the sentinel tokens (model/sentinels.py) to its tokenizer, with new "
+                        "embedding rows, to fine-tune it on masked text (make data's train.format.tsv)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: the machine's cores, divided among "
                                                 "the processes torchrun starts on it)")
@@ -159,7 +163,13 @@ def new_run(args: argparse.Namespace, dist: Distributed, train_pairs: list[tuple
     a tokenizer (--tokenizer, or trained on the training pairs)."""
     if args.init_from:
         checkpoint = load_checkpoint(args.init_from)
-        return RunStart(checkpoint.config, checkpoint.tokenizer, checkpoint)
+        if not args.sentinels:
+            return RunStart(checkpoint.config, checkpoint.tokenizer, checkpoint)
+        tokenizer = checkpoint.tokenizer.with_sentinels()
+        say(dist, f"adding sentinels: {checkpoint.tokenizer.vocab_size} -> {tokenizer.vocab_size} pieces")
+        return RunStart(dataclasses.replace(checkpoint.config, vocab_size=tokenizer.vocab_size), tokenizer, checkpoint)
+    if args.sentinels:
+        raise RunDirError("--sentinels extends an --init-from checkpoint; a new run gets them with --tokenizer")
     if args.tokenizer:
         tokenizer = Tokenizer.load(args.tokenizer)
     else:
@@ -183,7 +193,7 @@ def place_weights(run: Run, start: RunStart, dist: Distributed) -> None:
         run.resume(latest)
         say(dist, f"resumed from {latest}: step {run.step}, epoch {run.epoch}, lr {run.optimization.lr:.3e}")
     elif start.init_from is not None:
-        run.model.load_state_dict(start.init_from.model.state_dict())
+        run.model.load_state_dict(with_vocabulary(start.init_from.model.state_dict(), run.model.config.vocab_size))
         say(dist, f"starting from the weights of {start.init_from.path}")
 
 

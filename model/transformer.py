@@ -254,3 +254,17 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def with_vocabulary(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """`state` with its embedding and output matrices grown to `vocab_size` rows (tokens appended
+    to a trained tokenizer, such as the sentinels): old rows unchanged, each new row the mean of
+    the old ones plus a little noise, so that new tokens start as an average word, not as noise."""
+    grown = dict(state)
+    generator = torch.Generator().manual_seed(vocab_size)
+    for name, matrix in state.items():
+        if (name.endswith("tokens.weight") or name == "output.weight") and matrix.shape[0] < vocab_size:
+            extra = vocab_size - matrix.shape[0]
+            noise = torch.randn(extra, matrix.shape[1], generator=generator, dtype=matrix.dtype) * matrix.std() * 0.1
+            grown[name] = torch.cat([matrix, matrix.mean(dim=0, keepdim=True) + noise])
+    return grown

@@ -26,10 +26,23 @@ def translate_hypotheses(
 ) -> list[list[Hypothesis]]:
     """n-best hypotheses for each text, decoded in length-sorted batches (results in input order)."""
     encoded = tokenizer.encode_sources(list(texts), model.config.max_positions)
+    return translate_encoded(model, encoded, options=options, batch_size=batch_size, device=device, progress=progress)
+
+
+def translate_encoded(
+    model: Transformer,
+    encoded: Sequence[Sequence[int]],
+    *,
+    options: DecodeOptions = DecodeOptions(),
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[list[Hypothesis]]:
+    """n-best hypotheses for each EOS-terminated id list, in length-sorted batches (results in order)."""
     results: list[list[Hypothesis]] = [[] for _ in encoded]
     bar = progress_bar(total=len(encoded), desc="translate", unit="sent", disable=not progress)
     for chunk in length_sorted_batches([len(e) for e in encoded], batch_size):
-        src = pad([encoded[i] for i in chunk]).to(device)
+        src = pad([list(encoded[i]) for i in chunk]).to(device)
         for i, hyps in zip(chunk, translate_ids(model, src, options)):
             results[i] = hyps
         bar.update(len(chunk))

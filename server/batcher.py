@@ -19,13 +19,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from model.search import DecodeOptions, Hypothesis
 from server.runtime import LoadedVersion
-from server.sentences import split_by_lengths
 
 log = logging.getLogger("rosetta.batcher")
 
@@ -229,3 +229,15 @@ class Batcher:
         out = self.decode(batch[0].version, ids, batch[0].options, self.max_batch_sentences,
                           lambda i: owner[i].abandoned())
         return split_by_lengths(out, [len(request.ids) for request in batch])
+
+
+def split_by_lengths(items: Sequence[Any], lengths: Sequence[int]) -> list[list[Any]]:
+    """`items` cut back into consecutive groups of the given lengths (sentences back into texts or
+    requests after they were decoded together)."""
+    if sum(lengths) != len(items):
+        raise ValueError(f"{len(items)} items cannot be split into groups of {sum(lengths)}")
+    groups, start = [], 0
+    for length in lengths:
+        groups.append(list(items[start: start + length]))
+        start += length
+    return groups

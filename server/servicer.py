@@ -12,22 +12,19 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import grpc
 
-from model.search import DEFAULT_BEAM_SIZE, DecodeOptions, Hypothesis
-from model.tokenizer import SourceTooLongError
+from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from rosetta.v1 import translator_pb2 as pb
 from rosetta.v1 import translator_pb2_grpc
-from server import sentences
 from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 from server.config import ServerConfig
 from server.malformed import MalformedMessageError
 from server.metrics import Metrics
 from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, VersionRejectedError, VersionState,
                              VersionUnavailableError)
-from server.runtime import LoadedVersion
+from server.runtime import Format, JobRounds, LoadedVersion, TextJob, TextOptions, TextTranslation
 
 log = logging.getLogger("rosetta.servicer")
 
@@ -73,10 +70,28 @@ def decode_options(options: pb.DecodingOptions) -> DecodeOptions:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"options: {e}") from None
 
 
-@dataclass
-class _Text:
-    segments: list[sentences.Segment]
-    ids: list[list[int]]
+FORMATS = {pb.TEXT_FORMAT_UNSPECIFIED: Format.PLAIN, pb.TEXT_FORMAT_PLAIN: Format.PLAIN,
+           pb.TEXT_FORMAT_HTML: Format.HTML, pb.TEXT_FORMAT_XML: Format.XML}
+MAX_TERMS = 256  # glossary terms, and keep strings, per request
+MAX_TERM_CHARS = 200
+
+
+def text_options(request: pb.TranslateRequest | pb.TranslateBatchRequest) -> TextOptions:
+    """The request's format, glossary and keep list, or INVALID_ARGUMENT."""
+    if request.format not in FORMATS:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"format {request.format} is unknown: use "
+                           "TEXT_FORMAT_PLAIN, TEXT_FORMAT_HTML or TEXT_FORMAT_XML")
+    for name, count in (("glossary", len(request.glossary)), ("keep", len(request.keep))):
+        if count > MAX_TERMS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} has {count} entries; the limit is {MAX_TERMS}")
+    for i, text in [(i, t) for i, term in enumerate(request.glossary) for t in (term.source, term.target)] + \
+            list(enumerate(request.keep)):
+        if not text.strip() or len(text) > MAX_TERM_CHARS:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"glossary or keep entry {i}: {len(text)} characters; "
+                               f"each must hold 1 to {MAX_TERM_CHARS}, not only spaces")
+    return TextOptions(format=FORMATS[request.format],
+                       glossary=tuple((term.source, term.target) for term in request.glossary),
+                       keep=tuple(request.keep))
 
 
 class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
@@ -94,52 +109,47 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "no model is ready yet: the server is loading; retry shortly")
         return await self.registry.resolve(model, version)
 
-    def _prepare(self, version: LoadedVersion, text: str, index: int | None = None) -> _Text:
+    def _job(self, version: LoadedVersion, text: str, options: TextOptions, decoding: DecodeOptions,
+             index: int | None = None) -> TextJob:
         where = "" if index is None else f"text {index}: "
         if not text.strip():
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}text is empty")
         if len(text) > self.config.max_text_chars:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"{where}text has {len(text)} characters; the limit is {self.config.max_text_chars}")
-        segments = sentences.split(text, version.manifest.source_lang)
         try:
-            ids = version.translator.encode([s.sentence for s in segments])
-        except SourceTooLongError as e:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"{where}sentence {e.index + 1} has {e.tokens} tokens; the model accepts at most "
-                               f"{e.limit}: split it into shorter sentences") from None
+            return version.translator.text_job(text, options=options, n_best=decoding.n_best,
+                                               length_penalty=decoding.length_penalty)
         except ValueError as e:  # not valid Unicode
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where}{e}") from None
-        return _Text(segments, ids)
 
-    async def _decode(self, version: LoadedVersion, texts: list[_Text], options: DecodeOptions,
-                      context: grpc.aio.ServicerContext) -> list[list[list[Hypothesis]]]:
+    async def _run(self, version: LoadedVersion, jobs: list[TextJob], options: DecodeOptions,
+                   context: grpc.aio.ServicerContext) -> list[TextTranslation]:
+        """The jobs' rounds through the batcher: usually one, two where a sentence needs repair."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        ids = [sentence for text in texts for sentence in text.ids]
-        hypotheses = await self.batcher.translate(version, ids, options, deadline)
-        return sentences.split_by_lengths(hypotheses, [len(text.ids) for text in texts])
+        rounds = JobRounds(jobs)
+        while ids := rounds.wanted():
+            rounds.answer(await self.batcher.translate(version, ids, options, deadline))
+        return rounds.results()
 
-    def _response(self, version: LoadedVersion, text: _Text, per_sentence: list[list[Hypothesis]],
-                  n_best: int) -> pb.TranslateResponse:
-        decode = version.translator.tokenizer.decode
-        hypotheses = []
-        for rank in range(n_best):
-            # Rank r of the text: each sentence's r-th hypothesis (its best where it has fewer).
-            picks = [sentence[min(rank, len(sentence) - 1)] for sentence in per_sentence]
-            hypotheses.append(pb.Hypothesis(text=sentences.join(text.segments, [decode(h.tokens) for h in picks]),
-                                            score=sum(h.score for h in picks),
-                                            tokens=sum(len(h.tokens) for h in picks)))
-        return pb.TranslateResponse(translation=hypotheses[0].text, model=version.name, version=version.version,
-                                    hypotheses=hypotheses, source_tokens=sum(map(len, text.ids)),
-                                    sentences=len(text.ids))
+    @staticmethod
+    def _response(version: LoadedVersion, result: TextTranslation) -> pb.TranslateResponse:
+        report = result.report
+        return pb.TranslateResponse(
+            translation=result.texts[0], model=version.name, version=version.version,
+            hypotheses=[pb.Hypothesis(text=t, score=s, tokens=n)
+                        for t, s, n in zip(result.texts, result.scores, result.tokens)],
+            source_tokens=result.source_tokens, sentences=result.sentences,
+            report=pb.TextReport(protected=report.protected, tags=report.tags,
+                                 glossary_applied=[pb.GlossaryTerm(source=s, target=t) for s, t in report.glossary],
+                                 repairs=report.repairs, confidence=report.confidence))
 
     async def _translate(self, request: pb.TranslateRequest, context) -> pb.TranslateResponse:
-        options = decode_options(request.options)
+        options, text = decode_options(request.options), text_options(request)
         version = await self._version(request.model, request.version)
-        text = self._prepare(version, request.text)
-        (per_sentence,) = await self._decode(version, [text], options, context)
-        return self._response(version, text, per_sentence, options.n_best)
+        (result,) = await self._run(version, [self._job(version, request.text, text, options)], options, context)
+        return self._response(version, result)
 
     # -- RPCs ------------------------------------------------------------------------------
     async def _observed(self, method: str, context, work: Callable[[], Awaitable]):
@@ -175,13 +185,11 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
             if len(request.texts) > self.config.max_batch_texts:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"{len(request.texts)} texts; the limit per call is {self.config.max_batch_texts}")
-            options = decode_options(request.options)
+            options, text = decode_options(request.options), text_options(request)
             version = await self._version(request.model, request.version)
-            texts = [self._prepare(version, t, i) for i, t in enumerate(request.texts)]
-            decoded = await self._decode(version, texts, options, context)
-            return pb.TranslateBatchResponse(translations=[
-                self._response(version, text, per_sentence, options.n_best)
-                for text, per_sentence in zip(texts, decoded)])
+            jobs = [self._job(version, t, text, options, i) for i, t in enumerate(request.texts)]
+            results = await self._run(version, jobs, options, context)
+            return pb.TranslateBatchResponse(translations=[self._response(version, r) for r in results])
 
         return await self._observed("TranslateBatch", context, work)
 

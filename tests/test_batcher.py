@@ -11,7 +11,7 @@ import time
 import pytest
 
 from model.search import DecodeOptions, Hypothesis
-from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
+from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError, split_by_lengths
 
 VERSION = object()  # the batcher only tells versions apart; a decode function gets it back
 
@@ -178,3 +178,9 @@ def test_queue_limits_tell_a_request_that_can_never_fit_from_one_that_must_wait(
         await batcher.close()
 
     run(scenario())
+
+
+def test_split_by_lengths_cuts_consecutive_groups_and_checks_the_total():
+    assert split_by_lengths("abcdef", [1, 3, 0, 2]) == [["a"], ["b", "c", "d"], [], ["e", "f"]]
+    with pytest.raises(ValueError):
+        split_by_lengths([1, 2, 3], [1, 1])

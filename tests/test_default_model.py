@@ -15,10 +15,11 @@ from model.search import DecodeOptions
 from model.decoding import translate_ids
 from server.registry import ModelRegistry, VersionState
 from server.runtime import Gate, SessionConfig, load_manifest, sha256_file
+from tests.versions import DEFAULT_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "models"
-VERSION = REPOSITORY / "en-es" / "3"
+VERSION = DEFAULT_VERSION
 
 
 def test_the_served_version_verifies_and_passed_its_gate():
@@ -32,14 +33,14 @@ def test_the_served_version_verifies_and_passed_its_gate():
 
 
 def test_the_served_version_holds_the_recipes_checkpoint_and_training_starts_from_it():
-    """Exported from the phrase fine-tune's best checkpoint (`make finetune-default`,
-    docs/training.md), stored in fp16: the version's weights file is that checkpoint's weights
+    """Exported from the sentinel fine-tune's best checkpoint (`make finetune-format`,
+    docs/format.md), stored in fp16: the version's weights file is that checkpoint's weights
     file byte for byte, so no separate checkpoint needs committing."""
     manifest = load_manifest(VERSION)
-    recipe = re.search(r"^finetune-default:.*?--max-steps (\d+)", (ROOT / "Makefile").read_text(), flags=re.S | re.M)
+    recipe = re.search(r"^finetune-format:.*?--max-steps (\d+)", (ROOT / "Makefile").read_text(), flags=re.S | re.M)
     assert manifest.source_checkpoint["step"] == int(recipe.group(1))  # its best step was its last
     assert sha256_file(VERSION / manifest.weights) == manifest.source_checkpoint["sha256"]
-    checkpoint = load_checkpoint(VERSION)  # what `rosetta-train --init-from models/en-es/3` starts from
+    checkpoint = load_checkpoint(VERSION)  # what `rosetta-train --init-from models/en-es/<N>` starts from
     assert checkpoint.config == manifest.config and checkpoint.info["step"] == manifest.source_checkpoint["step"]
     assert checkpoint.tokenizer.to_bytes() == (VERSION / manifest.tokenizer).read_bytes()
     # Those PyTorch weights translate the probes to the very tokens ONNX Runtime gave when the version was verified.
@@ -47,6 +48,16 @@ def test_the_served_version_holds_the_recipes_checkpoint_and_training_starts_fro
     for probe in probes:
         (hypotheses,) = translate_ids(checkpoint.model, torch.tensor([probe["source_ids"]]), DecodeOptions(beam_size=1))
         assert hypotheses[0].tokens == probe["greedy"], probe["source"]
+
+
+def test_it_carries_sentinels_and_a_confidence_calibration():
+    """The text path protects placeholders and tags with sentinels only for a model that learned
+    them (docs/format.md), and reports a calibrated confidence only where the export fitted one."""
+    manifest = load_manifest(VERSION)
+    checkpoint = load_checkpoint(VERSION)
+    assert checkpoint.tokenizer.has_sentinels and manifest.config.vocab_size == checkpoint.tokenizer.vocab_size
+    assert manifest.confidence is not None and manifest.confidence.source == "valid.tsv"
+    assert manifest.confidence.sentences > 1000 and manifest.confidence.slope > 0
 
 
 def test_the_server_would_accept_it_and_it_translates(device):
@@ -58,8 +69,8 @@ def test_the_server_would_accept_it_and_it_translates(device):
 
     registry = asyncio.run(start())
     (version,) = registry.serving_versions()
-    assert (version.name, version.version) == ("en-es", 3)
-    entry = registry.models["en-es"][3]
+    assert (version.name, version.version) == ("en-es", int(VERSION.name))
+    entry = registry.models["en-es"][int(VERSION.name)]
     assert entry.state is VersionState.SERVING and entry.reason.startswith("probes identical")
     (translation,) = version.translator.translate(["Open the file."], beam_size=4)
     assert translation.strip() and translation != "Open the file."

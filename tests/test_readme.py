@@ -32,6 +32,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from client import TranslatorClient
 from tests.conftest import ROOT, wait_for
+from tests.versions import DEFAULT_VERSION
 
 pytestmark = pytest.mark.slow  # real server processes (pytest -m "not slow" skips them)
 
@@ -134,7 +135,7 @@ def test_every_command_is_run_or_classified():
     """Docker and kubectl lines, and those in NOT_RUN, are not run; every other line is run below."""
     run_below = [c for c in commands() if not needs_engine(c) and c not in NOT_RUN]
     assert set(NOT_RUN) <= set(commands()), "NOT_RUN names a command the README no longer has"
-    assert set(run_below) == set(FIRST_TRANSLATION + GRPCURL + RETRAIN + EVALUATE + ["make serve"])
+    assert set(run_below) == set(FIRST_TRANSLATION + FORMAT + GRPCURL + RETRAIN + EVALUATE + ["make serve"])
 
 
 def test_commands_not_run_name_real_targets_and_flags():
@@ -160,10 +161,15 @@ FIRST_TRANSLATION = [
     'echo "Open the file. Save it." | .venv/bin/rosetta-translate --beam 4 --n-best 2',
     ".venv/bin/rosetta-translate --file docs/examples/help.txt",
 ]
+FORMAT = [
+    '.venv/bin/rosetta-translate "Error: file %s could not be opened."',
+    '.venv/bin/rosetta-translate --format html "<p>Click <b>Save</b> to keep your changes.</p>"',
+    '.venv/bin/rosetta-translate --glossary file=fichero --keep LibreOffice --report "LibreOffice opens the file."',
+]
 GRPCURL = [c for c in commands() if c.startswith("grpcurl")]
 RETRAIN = [c for c in commands() if c.startswith(("make data", ".venv/bin/rosetta-train", ".venv/bin/rosetta-export"))
            and c not in NOT_RUN]
-EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/3 --test data/en-es/test.tsv --beam 4"]
+EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/4 --test data/en-es/test.tsv --beam 4"]
 
 
 def spanish(text: str) -> bool:
@@ -180,9 +186,22 @@ def test_a_first_translation(checkout, served):
     assert len(n_best) == 2 and all(re.match(r"-?\d+\.\d+\t\S", line) for line in n_best)
     lines = run(FIRST_TRANSLATION[3], checkout).strip().splitlines()
     assert len(lines) == len((checkout / "docs/examples/help.txt").read_text().splitlines())
-    (program,) = blocks("python")
-    out = run([sys.executable, "-c", program], checkout).strip().splitlines()
-    assert spanish(out[0]) and "('en-es', 3, 'CPUExecutionProvider')" in out[2]
+    out = run([sys.executable, "-c", blocks("python")[0]], checkout).strip().splitlines()
+    assert spanish(out[0]) and "('en-es', 4, 'CPUExecutionProvider')" in out[2]
+
+
+def test_placeholders_markup_and_glossaries(checkout, served):
+    """The README's examples: what must come back unchanged does."""
+    printf, html, glossary = (run(command, checkout) for command in FORMAT)
+    assert printf.count("%s") == 1 and spanish(printf)
+    assert html.startswith("<p>") and html.strip().endswith("</p>") and html.count("<b>") == html.count("</b>") == 1
+    assert "LibreOffice" in glossary and "fichero" in glossary
+    report = subprocess.run(FORMAT[2], shell=True, cwd=checkout, capture_output=True, text=True).stderr
+    assert "('file', 'fichero')" in report and "LibreOffice" in report
+    translation, report = run([sys.executable, "-c", blocks("python")[1]], checkout).strip().splitlines()
+    assert translation.startswith("<p>") and translation.endswith("</p>") and "%s" in translation
+    assert translation.count("<b>") == translation.count("</b>") == 1 and "modificaciones" in translation
+    assert "protected=['%s']" in report and "('changes', 'modificaciones')" in report and "tags=1" in report
 
 
 def test_the_grpcurl_calls(checkout, served):
@@ -209,7 +228,7 @@ def test_retrain_export_reload(checkout, served):
     for command in RETRAIN:
         out = run(shortened(command) if not command.startswith("make") else command, checkout, timeout=900)
     number = int(Path(json.loads(out.strip().splitlines()[-1])["version_dir"]).name)
-    assert number == 4  # after the committed version 3
+    assert number == int(DEFAULT_VERSION.name) + 1  # after the committed version
     with TranslatorClient("localhost:50051") as client:
         def new() -> list:
             return [m for m in client.models() if m.version == number and m.state in ("SERVING", "REJECTED")]

@@ -62,6 +62,26 @@ def test_several_sentences_are_split_and_joined_with_their_spacing(server):
     assert response.sentences == 3
 
 
+def test_a_sentence_longer_than_the_model_accepts_is_translated_in_parts_not_refused(server):
+    response = server.stub.Translate(pb.TranslateRequest(text=" ".join(["house"] * 200)), timeout=60)
+    assert response.sentences == 1 and response.translation.strip()
+    assert "longer than the model's 64; translated in" in response.report.repairs[0]
+
+
+def test_markup_placeholders_kept_strings_and_glossary_terms_come_through(server):
+    """The tiny model knows no sentinels: the text between the pieces is translated on its own,
+    and every piece stands where it stood."""
+    response = server.stub.Translate(pb.TranslateRequest(
+        text=f'<p>Rosetta <b class="x">%s</b> &amp; now {{name}}.</p>\n<p>{PAIRS[0][0]}</p>', format=pb.TEXT_FORMAT_HTML,
+        keep=["Rosetta"], glossary=[pb.GlossaryTerm(source="now", target="YA")]), timeout=30)
+    assert response.translation.startswith('<p>Rosetta <b class="x">%s</b> &amp; YA {name}')
+    assert response.translation.endswith(f"</p>\n<p>{PAIRS[0][1]}</p>")
+    report = response.report
+    assert list(report.protected) == ["Rosetta", "%s", "{name}"] and report.tags == 1
+    assert [(t.source, t.target) for t in report.glossary_applied] == [("now", "YA")]
+    assert len(report.confidence) == response.sentences == 2 and all(0 < c <= 1 for c in report.confidence)
+
+
 def test_n_best_and_options(server):
     source, target = PAIRS[1]
     response = server.stub.Translate(pb.TranslateRequest(
@@ -118,8 +138,11 @@ def test_list_models_describes_what_is_served(server):
      grpc.StatusCode.INVALID_ARGUMENT, "beam_size"),
     (pb.TranslateRequest(text="The cat.", options=pb.DecodingOptions(beam_size=2, n_best=3)),
      grpc.StatusCode.INVALID_ARGUMENT, "n_best"),
-    (pb.TranslateRequest(text=" ".join(["house"] * 200)), grpc.StatusCode.INVALID_ARGUMENT, "at most 64"),
     (pb.TranslateRequest(text="x" * 10_001), grpc.StatusCode.INVALID_ARGUMENT, "limit is 10000"),
+    (pb.TranslateRequest(text="The cat.", format=9), grpc.StatusCode.INVALID_ARGUMENT, "format 9 is unknown"),
+    (pb.TranslateRequest(text="The cat.", glossary=[pb.GlossaryTerm(source="cat", target="")]),
+     grpc.StatusCode.INVALID_ARGUMENT, "glossary or keep entry 0"),
+    (pb.TranslateRequest(text="The cat.", keep=["k"] * 257), grpc.StatusCode.INVALID_ARGUMENT, "limit is 256"),
 ])
 def test_bad_requests_get_a_clear_status(server, request_, code, words):
     error = error_of(server.stub.Translate, request_, timeout=10)

@@ -50,3 +50,8 @@ def wrong_probes(version_dir: Path) -> None:
     probes["probes"][0]["greedy"] = probes["probes"][0]["greedy"][::-1] + [5]
     (version_dir / "probes.json").write_text(json.dumps(probes))
     reseal(version_dir)
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+# The committed default model's served version: the newest one in the repository.
+DEFAULT_VERSION = max((p for p in (REPOSITORY / "en-es").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

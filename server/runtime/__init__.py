@@ -6,8 +6,10 @@ the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benc
     translator = Translator("models/en-es/3")
     translator.translate(["Open the file."], beam_size=4)
     translator.translate_ids(ids, DecodeOptions(beam_size=4), max_batch=32)
+    translator.translate_texts(["Click <b>Save</b>."], text_options=TextOptions(format=Format.HTML))
 """
 
+from server.runtime.confidence import Calibration, mean_log_prob
 from server.runtime.parity_report import EngineScores, ParityReport, TensorParity, Tolerance, TranslationParity
 from server.runtime.repository import (MANIFEST, Manifest, ModelVersionError, file_record, load_manifest,
                                        next_version, sha256_file, versions)
@@ -16,14 +18,16 @@ from server.runtime.graph_io import cache_names, decoder_names, encoder_names
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.decoding import pad_ids, translate_ids
 from server.runtime.probes import PROBES_FILE, Heldout, Probe, Probes, replay
+from server.runtime.markup import Format
+from server.runtime.text import JobRounds, TextJob, TextOptions, TextReport, TextTranslation, run_jobs
 from server.runtime.translator import Translation, Translator
 from server.runtime.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
 
 __all__ = [
-    "CUDA", "MANIFEST", "PROBES_FILE", "DeviceUnavailableError", "EngineScores", "Gate", "GateFailure",
-    "GateInterrupted", "Heldout", "LoadedVersion", "Manifest", "ModelVersionError", "OnnxGraphs",
-    "ParityReport", "Probe", "Probes", "SessionConfig", "TensorParity", "Tolerance", "Translation",
-    "TranslationParity", "Translator", "cache_names", "create_session", "cuda_unavailable_reason",
-    "decoder_names", "encoder_names", "file_record", "load_manifest", "next_version", "pad_ids", "replay",
-    "sha256_file", "translate_ids", "versions",
+    "CUDA", "MANIFEST", "PROBES_FILE", "Calibration", "DeviceUnavailableError", "EngineScores", "Format", "Gate", "GateFailure",
+    "GateInterrupted", "Heldout", "JobRounds", "LoadedVersion", "Manifest", "ModelVersionError", "OnnxGraphs",
+    "ParityReport", "Probe", "Probes", "SessionConfig", "TensorParity", "TextJob", "TextOptions", "TextReport",
+    "TextTranslation", "Tolerance", "Translation", "TranslationParity", "Translator", "cache_names",
+    "create_session", "cuda_unavailable_reason", "decoder_names", "encoder_names", "file_record", "load_manifest",
+    "mean_log_prob", "next_version", "pad_ids", "replay", "run_jobs", "sha256_file", "translate_ids", "versions",
 ]

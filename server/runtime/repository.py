@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import ModelConfig
+from server.runtime.confidence import Calibration
 from server.runtime.parity_report import ParityReport
 
 MANIFEST = "manifest.json"
@@ -52,6 +53,7 @@ class Manifest:
     parity: ParityReport | None = None  # the export's verdict against its checkpoint
     probes: str = ""  # file name of the probes a loader replays before serving (export/probes.py)
     weights: str = ""  # file name of the weights the graphs share (export/weights.py); "" = inside each graph
+    confidence: Calibration | None = None  # how the text path maps log-probability to confidence
     format: int = MANIFEST_FORMAT
 
     @property
@@ -67,6 +69,7 @@ class Manifest:
         if data.get("format") != MANIFEST_FORMAT:
             raise ModelVersionError(f"manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}")
         data["parity"] = ParityReport.from_dict(data["parity"]) if data.get("parity") else None
+        data["confidence"] = Calibration.from_dict(data["confidence"]) if data.get("confidence") else None
         return cls(**data)
 
 

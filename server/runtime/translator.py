@@ -19,6 +19,7 @@ from server.runtime.decoding import Abandoned, translate_ids
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.repository import Manifest
 from server.runtime.sessions import SessionConfig
+from server.runtime.text import TextJob, TextOptions, TextTranslation, run_jobs
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,21 @@ class Translator:
         """Hypotheses for encoded sentences, in order: the runtime's one batch entry point
         (server/runtime/decoding.py). abandoned(i): nobody waits for sentence i any more."""
         return translate_ids(self.graphs, ids, options, max_batch=max_batch, abandoned=abandoned, on_batch=on_batch)
+
+    def text_job(self, text: str, *, options: TextOptions = TextOptions(), n_best: int = 1,
+                 length_penalty: float = 1.0) -> TextJob:
+        """`text` through the text path (server/runtime/text.py), to be driven by the caller."""
+        return TextJob(text, self.tokenizer, self.graphs.config.max_positions, options=options, n_best=n_best,
+                       length_penalty=length_penalty, calibration=self.manifest.confidence)
+
+    def translate_texts(self, texts: Sequence[str], options: DecodeOptions = DecodeOptions(beam_size=DEFAULT_BEAM_SIZE),
+                        *, text_options: TextOptions = TextOptions(), batch_size: int = 32,
+                        on_batch: Callable[[int], None] | None = None) -> list[TextTranslation]:
+        """Texts through the text path: split into sentences, protected, repaired where the model
+        errs. What the service and rosetta-evaluate translate with."""
+        jobs = [self.text_job(text, options=text_options, n_best=options.n_best, length_penalty=options.length_penalty)
+                for text in texts]
+        return run_jobs(jobs, lambda ids: self.translate_ids(ids, options, max_batch=batch_size, on_batch=on_batch))
 
     def translate(self, texts: Sequence[str], **options) -> list[str]:
         """The best translation of each text; options as in `translate_hypotheses`."""

@@ -24,39 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brosetta/v1/translator.proto\x12\nrosetta.v1\"\x8c\x01\n\x0f\x44\x65\x63odingOptions\x12\x11\n\tbeam_size\x18\x01 \x01(\r\x12\x1b\n\x0elength_penalty\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmin_length\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0e\n\x06n_best\x18\x05 \x01(\rB\x11\n\x0f_length_penalty\"n\n\x10TranslateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.rosetta.v1.DecodingOptions\"9\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"\x9e\x01\n\x11TranslateResponse\x12\x13\n\x0btranslation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12*\n\nhypotheses\x18\x04 \x03(\x0b\x32\x16.rosetta.v1.Hypothesis\x12\x15\n\rsource_tokens\x18\x05 \x01(\r\x12\x11\n\tsentences\x18\x06 \x01(\r\"t\n\x15TranslateBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.rosetta.v1.DecodingOptions\"M\n\x16TranslateBatchResponse\x12\x33\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x1d.rosetta.v1.TranslateResponse\"S\n\x16TranslateStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.rosetta.v1.TranslateRequest\"\x86\x01\n\x17TranslateStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.rosetta.v1.TranslateResponseH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.rosetta.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rosetta.v1.ModelInfo\"\xae\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bsource_lang\x18\x03 \x01(\t\x12\x13\n\x0btarget_lang\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x07 \x01(\x08\x12\x15\n\rdefault_model\x18\x08 \x01(\x08\x12\x11\n\tloaded_at\x18\t \x01(\t\x12\x16\n\x0eparity_summary\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12/\n\rversion_state\x18\x0c \x01(\x0e\x32\x18.rosetta.v1.VersionState\x12\x0e\n\x06reason\x18\r \x01(\t*\xb7\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERSION_STATE_AVAILABLE\x10\x01\x12\x19\n\x15VERSION_STATE_LOADING\x10\x02\x12\x19\n\x15VERSION_STATE_SERVING\x10\x03\x12\x19\n\x15VERSION_STATE_STANDBY\x10\x04\x12\x1a\n\x16VERSION_STATE_REJECTED\x10\x05\x32\xdc\x02\n\nTranslator\x12H\n\tTranslate\x12\x1c.rosetta.v1.TranslateRequest\x1a\x1d.rosetta.v1.TranslateResponse\x12W\n\x0eTranslateBatch\x12!.rosetta.v1.TranslateBatchRequest\x1a\".rosetta.v1.TranslateBatchResponse\x12^\n\x0fTranslateStream\x12\".rosetta.v1.TranslateStreamRequest\x1a#.rosetta.v1.TranslateStreamResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.rosetta.v1.ListModelsRequest\x1a\x1e.rosetta.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brosetta/v1/translator.proto\x12\nrosetta.v1\"\x8c\x01\n\x0f\x44\x65\x63odingOptions\x12\x11\n\tbeam_size\x18\x01 \x01(\r\x12\x1b\n\x0elength_penalty\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmin_length\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0e\n\x06n_best\x18\x05 \x01(\rB\x11\n\x0f_length_penalty\"\xd0\x01\n\x10TranslateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.rosetta.v1.DecodingOptions\x12&\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x16.rosetta.v1.TextFormat\x12*\n\x08glossary\x18\x06 \x03(\x0b\x32\x18.rosetta.v1.GlossaryTerm\x12\x0c\n\x04keep\x18\x07 \x03(\t\".\n\x0cGlossaryTerm\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\"\x86\x01\n\nTextReport\x12\x11\n\tprotected\x18\x01 \x03(\t\x12\x0c\n\x04tags\x18\x02 \x01(\r\x12\x32\n\x10glossary_applied\x18\x03 \x03(\x0b\x32\x18.rosetta.v1.GlossaryTerm\x12\x0f\n\x07repairs\x18\x04 \x03(\t\x12\x12\n\nconfidence\x18\x05 \x03(\x02\"9\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06tokens\x18\x03 \x01(\r\"\xc6\x01\n\x11TranslateResponse\x12\x13\n\x0btranslation\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12*\n\nhypotheses\x18\x04 \x03(\x0b\x32\x16.rosetta.v1.Hypothesis\x12\x15\n\rsource_tokens\x18\x05 \x01(\r\x12\x11\n\tsentences\x18\x06 \x01(\r\x12&\n\x06report\x18\x07 \x01(\x0b\x32\x16.rosetta.v1.TextReport\"\xd6\x01\n\x15TranslateBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.rosetta.v1.DecodingOptions\x12&\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x16.rosetta.v1.TextFormat\x12*\n\x08glossary\x18\x06 \x03(\x0b\x32\x18.rosetta.v1.GlossaryTerm\x12\x0c\n\x04keep\x18\x07 \x03(\t\"M\n\x16TranslateBatchResponse\x12\x33\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x1d.rosetta.v1.TranslateResponse\"S\n\x16TranslateStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.rosetta.v1.TranslateRequest\"\x86\x01\n\x17TranslateStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x08response\x18\x02 \x01(\x0b\x32\x1d.rosetta.v1.TranslateResponseH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.rosetta.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.rosetta.v1.ModelInfo\"\xae\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x13\n\x0bsource_lang\x18\x03 \x01(\t\x12\x13\n\x0btarget_lang\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x07 \x01(\x08\x12\x15\n\rdefault_model\x18\x08 \x01(\x08\x12\x11\n\tloaded_at\x18\t \x01(\t\x12\x16\n\x0eparity_summary\x18\n \x01(\t\x12\r\n\x05state\x18\x0b \x01(\t\x12/\n\rversion_state\x18\x0c \x01(\x0e\x32\x18.rosetta.v1.VersionState\x12\x0e\n\x06reason\x18\r \x01(\t*k\n\nTextFormat\x12\x1b\n\x17TEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11TEXT_FORMAT_PLAIN\x10\x01\x12\x14\n\x10TEXT_FORMAT_HTML\x10\x02\x12\x13\n\x0fTEXT_FORMAT_XML\x10\x03*\xb7\x01\n\x0cVersionState\x12\x1d\n\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17VERSION_STATE_AVAILABLE\x10\x01\x12\x19\n\x15VERSION_STATE_LOADING\x10\x02\x12\x19\n\x15VERSION_STATE_SERVING\x10\x03\x12\x19\n\x15VERSION_STATE_STANDBY\x10\x04\x12\x1a\n\x16VERSION_STATE_REJECTED\x10\x05\x32\xdc\x02\n\nTranslator\x12H\n\tTranslate\x12\x1c.rosetta.v1.TranslateRequest\x1a\x1d.rosetta.v1.TranslateResponse\x12W\n\x0eTranslateBatch\x12!.rosetta.v1.TranslateBatchRequest\x1a\".rosetta.v1.TranslateBatchResponse\x12^\n\x0fTranslateStream\x12\".rosetta.v1.TranslateStreamRequest\x1a#.rosetta.v1.TranslateStreamResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.rosetta.v1.ListModelsRequest\x1a\x1e.rosetta.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rosetta.v1.translator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSIONSTATE']._serialized_start=1365
-  _globals['_VERSIONSTATE']._serialized_end=1548
+  _globals['_TEXTFORMAT']._serialized_start=1787
+  _globals['_TEXTFORMAT']._serialized_end=1894
+  _globals['_VERSIONSTATE']._serialized_start=1897
+  _globals['_VERSIONSTATE']._serialized_end=2080
   _globals['_DECODINGOPTIONS']._serialized_start=44
   _globals['_DECODINGOPTIONS']._serialized_end=184
-  _globals['_TRANSLATEREQUEST']._serialized_start=186
-  _globals['_TRANSLATEREQUEST']._serialized_end=296
-  _globals['_HYPOTHESIS']._serialized_start=298
-  _globals['_HYPOTHESIS']._serialized_end=355
-  _globals['_TRANSLATERESPONSE']._serialized_start=358
-  _globals['_TRANSLATERESPONSE']._serialized_end=516
-  _globals['_TRANSLATEBATCHREQUEST']._serialized_start=518
-  _globals['_TRANSLATEBATCHREQUEST']._serialized_end=634
-  _globals['_TRANSLATEBATCHRESPONSE']._serialized_start=636
-  _globals['_TRANSLATEBATCHRESPONSE']._serialized_end=713
-  _globals['_TRANSLATESTREAMREQUEST']._serialized_start=715
-  _globals['_TRANSLATESTREAMREQUEST']._serialized_end=798
-  _globals['_TRANSLATESTREAMRESPONSE']._serialized_start=801
-  _globals['_TRANSLATESTREAMRESPONSE']._serialized_end=935
-  _globals['_ERROR']._serialized_start=937
-  _globals['_ERROR']._serialized_end=975
-  _globals['_LISTMODELSREQUEST']._serialized_start=977
-  _globals['_LISTMODELSREQUEST']._serialized_end=996
-  _globals['_LISTMODELSRESPONSE']._serialized_start=998
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1057
-  _globals['_MODELINFO']._serialized_start=1060
-  _globals['_MODELINFO']._serialized_end=1362
-  _globals['_TRANSLATOR']._serialized_start=1551
-  _globals['_TRANSLATOR']._serialized_end=1899
+  _globals['_TRANSLATEREQUEST']._serialized_start=187
+  _globals['_TRANSLATEREQUEST']._serialized_end=395
+  _globals['_GLOSSARYTERM']._serialized_start=397
+  _globals['_GLOSSARYTERM']._serialized_end=443
+  _globals['_TEXTREPORT']._serialized_start=446
+  _globals['_TEXTREPORT']._serialized_end=580
+  _globals['_HYPOTHESIS']._serialized_start=582
+  _globals['_HYPOTHESIS']._serialized_end=639
+  _globals['_TRANSLATERESPONSE']._serialized_start=642
+  _globals['_TRANSLATERESPONSE']._serialized_end=840
+  _globals['_TRANSLATEBATCHREQUEST']._serialized_start=843
+  _globals['_TRANSLATEBATCHREQUEST']._serialized_end=1057
+  _globals['_TRANSLATEBATCHRESPONSE']._serialized_start=1059
+  _globals['_TRANSLATEBATCHRESPONSE']._serialized_end=1136
+  _globals['_TRANSLATESTREAMREQUEST']._serialized_start=1138
+  _globals['_TRANSLATESTREAMREQUEST']._serialized_end=1221
+  _globals['_TRANSLATESTREAMRESPONSE']._serialized_start=1224
+  _globals['_TRANSLATESTREAMRESPONSE']._serialized_end=1358
+  _globals['_ERROR']._serialized_start=1360
+  _globals['_ERROR']._serialized_end=1398
+  _globals['_LISTMODELSREQUEST']._serialized_start=1400
+  _globals['_LISTMODELSREQUEST']._serialized_end=1419
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1421
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1480
+  _globals['_MODELINFO']._serialized_start=1483
+  _globals['_MODELINFO']._serialized_end=1785
+  _globals['_TRANSLATOR']._serialized_start=2083
+  _globals['_TRANSLATOR']._serialized_end=2431
 # @@protoc_insertion_point(module_scope)

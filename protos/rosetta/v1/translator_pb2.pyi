@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TextFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEXT_FORMAT_UNSPECIFIED: _ClassVar[TextFormat]
+    TEXT_FORMAT_PLAIN: _ClassVar[TextFormat]
+    TEXT_FORMAT_HTML: _ClassVar[TextFormat]
+    TEXT_FORMAT_XML: _ClassVar[TextFormat]
+
 class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VERSION_STATE_UNSPECIFIED: _ClassVar[VersionState]
@@ -15,6 +22,10 @@ class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERSION_STATE_SERVING: _ClassVar[VersionState]
     VERSION_STATE_STANDBY: _ClassVar[VersionState]
     VERSION_STATE_REJECTED: _ClassVar[VersionState]
+TEXT_FORMAT_UNSPECIFIED: TextFormat
+TEXT_FORMAT_PLAIN: TextFormat
+TEXT_FORMAT_HTML: TextFormat
+TEXT_FORMAT_XML: TextFormat
 VERSION_STATE_UNSPECIFIED: VersionState
 VERSION_STATE_AVAILABLE: VersionState
 VERSION_STATE_LOADING: VersionState
@@ -37,16 +48,44 @@ class DecodingOptions(_message.Message):
     def __init__(self, beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., min_length: _Optional[int] = ..., max_length: _Optional[int] = ..., n_best: _Optional[int] = ...) -> None: ...
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("text", "model", "version", "options")
+    __slots__ = ("text", "model", "version", "options", "format", "glossary", "keep")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    GLOSSARY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     text: str
     model: str
     version: int
     options: DecodingOptions
-    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ...) -> None: ...
+    format: TextFormat
+    glossary: _containers.RepeatedCompositeFieldContainer[GlossaryTerm]
+    keep: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., format: _Optional[_Union[TextFormat, str]] = ..., glossary: _Optional[_Iterable[_Union[GlossaryTerm, _Mapping]]] = ..., keep: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GlossaryTerm(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class TextReport(_message.Message):
+    __slots__ = ("protected", "tags", "glossary_applied", "repairs", "confidence")
+    PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    GLOSSARY_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    REPAIRS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    protected: _containers.RepeatedScalarFieldContainer[str]
+    tags: int
+    glossary_applied: _containers.RepeatedCompositeFieldContainer[GlossaryTerm]
+    repairs: _containers.RepeatedScalarFieldContainer[str]
+    confidence: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, protected: _Optional[_Iterable[str]] = ..., tags: _Optional[int] = ..., glossary_applied: _Optional[_Iterable[_Union[GlossaryTerm, _Mapping]]] = ..., repairs: _Optional[_Iterable[str]] = ..., confidence: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Hypothesis(_message.Message):
     __slots__ = ("text", "score", "tokens")
@@ -59,32 +98,40 @@ class Hypothesis(_message.Message):
     def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
-    __slots__ = ("translation", "model", "version", "hypotheses", "source_tokens", "sentences")
+    __slots__ = ("translation", "model", "version", "hypotheses", "source_tokens", "sentences", "report")
     TRANSLATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HYPOTHESES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SENTENCES_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
     translation: str
     model: str
     version: int
     hypotheses: _containers.RepeatedCompositeFieldContainer[Hypothesis]
     source_tokens: int
     sentences: int
-    def __init__(self, translation: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., hypotheses: _Optional[_Iterable[_Union[Hypothesis, _Mapping]]] = ..., source_tokens: _Optional[int] = ..., sentences: _Optional[int] = ...) -> None: ...
+    report: TextReport
+    def __init__(self, translation: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., hypotheses: _Optional[_Iterable[_Union[Hypothesis, _Mapping]]] = ..., source_tokens: _Optional[int] = ..., sentences: _Optional[int] = ..., report: _Optional[_Union[TextReport, _Mapping]] = ...) -> None: ...
 
 class TranslateBatchRequest(_message.Message):
-    __slots__ = ("texts", "model", "version", "options")
+    __slots__ = ("texts", "model", "version", "options", "format", "glossary", "keep")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    GLOSSARY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     model: str
     version: int
     options: DecodingOptions
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ...) -> None: ...
+    format: TextFormat
+    glossary: _containers.RepeatedCompositeFieldContainer[GlossaryTerm]
+    keep: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., format: _Optional[_Union[TextFormat, str]] = ..., glossary: _Optional[_Iterable[_Union[GlossaryTerm, _Mapping]]] = ..., keep: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TranslateBatchResponse(_message.Message):
     __slots__ = ("translations",)

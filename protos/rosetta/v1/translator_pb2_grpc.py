@@ -63,7 +63,9 @@ class TranslatorServicer:
 
     def Translate(self, request, context):
         """Translates one text. A text may hold several sentences: they are split, translated as one
-        batch and joined back with the original spacing.
+        batch and joined back with the original spacing. What must not be translated comes back
+        exactly as sent (see TranslateRequest.format, glossary and keep), and every sentence has its
+        translation: one longer than the model accepts is translated in parts, never refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

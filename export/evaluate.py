@@ -27,7 +27,7 @@ from model.progress import progress_bar
 from model.scoring import score_translations
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from model.tsv import TsvError, read_test_pairs
-from server.runtime import MANIFEST, Format, TextJob, TextOptions, TextTranslation, run_jobs
+from server.runtime import MANIFEST, Format, TextJob, TextOptions, TextTranslation, decoding_options, run_jobs
 
 
 def translate_with_version(path: Path, sources: list[str], *, options: DecodeOptions, text_options: TextOptions,
@@ -49,7 +49,8 @@ def translate_with_checkpoint(path: Path, sources: list[str], *, options: Decode
     checkpoint = load_checkpoint(path)
     jobs = [TextJob(s, checkpoint.tokenizer, checkpoint.config.max_positions, options=text_options,
                     n_best=options.n_best, length_penalty=options.length_penalty) for s in sources]
-    results = run_jobs(jobs, lambda ids: translate_encoded(checkpoint.model, ids, options=options,
+    decoding = decoding_options(options)
+    results = run_jobs(jobs, lambda ids: translate_encoded(checkpoint.model, ids, options=decoding,
                                                            batch_size=batch_size, progress=True))
     return results, "pytorch"
 

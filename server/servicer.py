@@ -24,7 +24,8 @@ from server.malformed import MalformedMessageError
 from server.metrics import Metrics
 from server.registry import (ModelNotFoundError, ModelRegistry, VersionEntry, VersionRejectedError, VersionState,
                              VersionUnavailableError)
-from server.runtime import Format, JobRounds, LoadedVersion, TextJob, TextOptions, TextTranslation
+from server.runtime import (Format, JobRounds, LoadedVersion, TextJob, TextOptions, TextTranslation,
+                            decoding_options)
 
 log = logging.getLogger("rosetta.servicer")
 
@@ -128,9 +129,9 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
         """The jobs' rounds through the batcher: usually one, two where a sentence needs repair."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        rounds = JobRounds(jobs)
+        rounds, decoding = JobRounds(jobs), decoding_options(options)
         while ids := rounds.wanted():
-            rounds.answer(await self.batcher.translate(version, ids, options, deadline))
+            rounds.answer(await self.batcher.translate(version, ids, decoding, deadline))
         return rounds.results()
 
     @staticmethod

@@ -356,3 +356,13 @@ def test_evaluate_scores_a_file_with_an_over_long_paragraph_to_its_end(tmp_path,
     assert evaluate(["--model", str(DEFAULT_VERSION), "--test", str(tmp_path / "test.tsv"), "--beam", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["sentences"] == 2 and result["repairs"] >= 1
+
+
+def test_a_misplaced_sentinel_takes_the_beams_next_hypothesis_before_any_repair() -> None:
+    def model(batch):
+        return [[Hypothesis(TOKENIZER.encode("uno <x1> <x1>"), -0.1), Hypothesis(TOKENIZER.encode("dos <x1>"), -0.4)]
+                for _ in batch]
+
+    (result,) = run_jobs([TextJob("One %s.", TOKENIZER, WINDOW)], model)
+    assert result.texts == ["dos %s"] and result.scores == [-0.4]
+    assert "the next one that placed every sentinel taken" in result.report.repairs[0]

@@ -19,15 +19,17 @@ from server.runtime.graphs import OnnxGraphs
 from server.runtime.decoding import pad_ids, translate_ids
 from server.runtime.probes import PROBES_FILE, Heldout, Probe, Probes, replay
 from server.runtime.markup import Format
-from server.runtime.text import JobRounds, TextJob, TextOptions, TextReport, TextTranslation, run_jobs
+from server.runtime.text import (JobRounds, TextJob, TextOptions, TextReport, TextTranslation, decoding_options,
+                                 run_jobs)
 from server.runtime.translator import Translation, Translator
 from server.runtime.gate import Gate, GateFailure, GateInterrupted, LoadedVersion
 
 __all__ = [
-    "CUDA", "MANIFEST", "PROBES_FILE", "Calibration", "DeviceUnavailableError", "EngineScores", "Format", "Gate", "GateFailure",
-    "GateInterrupted", "Heldout", "JobRounds", "LoadedVersion", "Manifest", "ModelVersionError", "OnnxGraphs",
-    "ParityReport", "Probe", "Probes", "SessionConfig", "TensorParity", "TextJob", "TextOptions", "TextReport",
-    "TextTranslation", "Tolerance", "Translation", "TranslationParity", "Translator", "cache_names",
-    "create_session", "cuda_unavailable_reason", "decoder_names", "encoder_names", "file_record", "load_manifest",
-    "mean_log_prob", "next_version", "pad_ids", "replay", "run_jobs", "sha256_file", "translate_ids", "versions",
+    "CUDA", "Calibration", "DeviceUnavailableError", "EngineScores", "Format", "Gate", "GateFailure",
+    "GateInterrupted", "Heldout", "JobRounds", "LoadedVersion", "MANIFEST", "Manifest", "ModelVersionError",
+    "OnnxGraphs", "PROBES_FILE", "ParityReport", "Probe", "Probes", "SessionConfig", "TensorParity", "TextJob",
+    "TextOptions", "TextReport", "TextTranslation", "Tolerance", "Translation", "TranslationParity",
+    "Translator", "cache_names", "create_session", "cuda_unavailable_reason", "decoder_names",
+    "decoding_options", "encoder_names", "file_record", "load_manifest", "mean_log_prob", "next_version",
+    "pad_ids", "replay", "run_jobs", "sha256_file", "translate_ids", "versions",
 ]

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model.config import EOS_ID
 from model.masking import (Close, Masked, Open, Piece, Protected, TooManySentinels, UnbalancedTags, glued_pieces,
                            mask, touches, unmask)
-from model.search import Hypothesis
+from model.search import DecodeOptions, Hypothesis
 from model.sentinels import placeholder
 from model.spans import Span, literal_spans, non_overlapping, protected_spans, term_spans
 from model.tokenizer import Tokenizer
@@ -233,26 +233,32 @@ class TextJob:
         return self._result()
 
     def _resolve(self, unit: _Unit, *, check_omission: bool) -> list[_Unit]:
-        """Accept the unit's translation, or replace the unit by the units that repair it."""
-        decode = self.tokenizer.decode
-        best = unmask(decode(unit.hypotheses[0].tokens), unit.masked)
-        if best.problems and (unit.masked.protected or unit.masked.tags):  # plain: invented sentinels just go
-            self.report.repairs.append(f"sentence {unit.sentence + 1}: {', '.join(best.problems)}; the text between "
-                                       "its protected spans and tags translated on its own")
+        """Accept the unit's best translation whose sentinels are right (the beam's hypotheses in
+        order: `decoding_options` asks for all of them), or replace the unit by the units that
+        repair it."""
+        checked = [(h, unmask(self.tokenizer.decode(h.tokens), unit.masked)) for h in unit.hypotheses]
+        if unit.masked.protected or unit.masked.tags:  # plain: invented sentinels just go
+            right = [(h, u) for h, u in checked if not u.problems]
+        else:
+            right = checked
+        if not right:
+            self.report.repairs.append(f"sentence {unit.sentence + 1}: {', '.join(checked[0][1].problems)}; the text "
+                                       "between its protected spans and tags translated on its own")
             unit.replaced_by = self._between(unit.pieces, unit.sentence, can_cut=False)
             return list(_units_of(unit.replaced_by))
-        if check_omission and unit.can_cut and _suspected_omission(unit.masked.text, best.text):
+        if right[0][0] is not checked[0][0]:
+            self.report.repairs.append(f"sentence {unit.sentence + 1}: {', '.join(checked[0][1].problems)} in the "
+                                       "best hypothesis; the next one that placed every sentinel taken")
+        if check_omission and unit.can_cut and _suspected_omission(unit.masked.text, right[0][1].text):
             parts = _cut(list(unit.pieces), _clause_starts(_flat(list(unit.pieces))))
             if len(parts) > 1:
                 self.report.repairs.append(f"sentence {unit.sentence + 1}: translation much shorter than the "
                                            f"source (a part may be missing); translated again in {len(parts)} parts")
                 unit.replaced_by = [i for part in parts for i in self._part(part, unit.sentence)]
                 return list(_units_of(unit.replaced_by))
-        outputs = [best.text]
-        for hypothesis in unit.hypotheses[1:self.n_best]:
-            other = unmask(decode(hypothesis.tokens), unit.masked)
-            outputs.append(best.text if other.problems else other.text)  # a lower rank is never repaired
-        unit.outputs = outputs
+        right = right[:self.n_best]
+        unit.hypotheses = [h for h, _ in right]
+        unit.outputs = [u.text for _, u in right]
         return []
 
     def _result(self) -> TextTranslation:
@@ -304,6 +310,13 @@ class JobRounds:
             self._wanted[i] = self._rounds[i].send(answer) if answer is not None else next(self._rounds[i])
         except StopIteration as done:
             self._results[i] = done.value
+
+
+def decoding_options(options: DecodeOptions) -> DecodeOptions:
+    """What the text path decodes with: every hypothesis the beam keeps (it finishes beam_size of
+    them whatever n_best asks, so this costs nothing), so that a sentence whose best hypothesis
+    misplaced a sentinel can take the next one instead of a repair."""
+    return replace(options, n_best=options.beam_size)
 
 
 def run_jobs(jobs: Sequence[TextJob], decode: Decode) -> list[TextTranslation]:

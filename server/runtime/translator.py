@@ -19,7 +19,7 @@ from server.runtime.decoding import Abandoned, translate_ids
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.repository import Manifest
 from server.runtime.sessions import SessionConfig
-from server.runtime.text import TextJob, TextOptions, TextTranslation, run_jobs
+from server.runtime.text import TextJob, TextOptions, TextTranslation, decoding_options, run_jobs
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ class Translator:
         errs. What the service and rosetta-evaluate translate with."""
         jobs = [self.text_job(text, options=text_options, n_best=options.n_best, length_penalty=options.length_penalty)
                 for text in texts]
-        return run_jobs(jobs, lambda ids: self.translate_ids(ids, options, max_batch=batch_size, on_batch=on_batch))
+        decoding = decoding_options(options)
+        return run_jobs(jobs, lambda ids: self.translate_ids(ids, decoding, max_batch=batch_size, on_batch=on_batch))
 
     def translate(self, texts: Sequence[str], **options) -> list[str]:
         """The best translation of each text; options as in `translate_hypotheses`."""

@@ -105,14 +105,35 @@ class Tokenizer:
         Raises ValueError for text that is not valid Unicode (a lone surrogate has no UTF-8 form).
         """
         _check_unicode(text)
-        return self._sp.encode(text)
+        return self._sp.encode(text) if _META not in text else self._encode_meta(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         for text in texts:
             _check_unicode(text)
-        if len(texts) < _THREADED_BATCH:
-            return [self._sp.encode(text) for text in texts]
+        if len(texts) < _THREADED_BATCH or any(_META in text for text in texts):
+            return [self.encode(text) for text in texts]
         return self._sp.encode(texts)
+
+    def _encode_meta(self, text: str) -> list[int]:
+        """SentencePiece reads U+2581 as its own mark for a space, so a text holding one would come
+        back with a space, or nothing, in its place. It is encoded as its UTF-8 bytes instead: the
+        text is encoded with a stand-in character the vocabulary lacks (so byte-encoded too), whose
+        byte pieces are then swapped for those of U+2581."""
+        stand_in = next(c for c in _STAND_INS if c not in text and not self.knows(c))
+        ids = self._sp.encode(text.replace(_META, stand_in))
+        old, new = (self._byte_ids(c) for c in (stand_in, _META))
+        out, i = [], 0
+        while i < len(ids):
+            if ids[i:i + len(old)] == old:
+                out += new
+                i += len(old)
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
+
+    def _byte_ids(self, char: str) -> list[int]:
+        return [self._sp.piece_to_id(f"<0x{b:02X}>") for b in char.encode("utf-8")]
 
     def encode_sources(self, texts: list[str], max_positions: int) -> list[list[int]]:
         """Model input ids of each text: its subwords and EOS.
@@ -133,6 +154,9 @@ class Tokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return self._sp.decode([[i for i in ids if i > EOS_ID] for ids in batch])
 
+
+_META = "\u2581"
+_STAND_INS = [chr(c) for c in range(0xE000, 0xE100)]  # private-use characters
 
 # sentencepiece encodes a list on a pool of threads that it starts for the call: worth it for a
 # corpus, but for the few sentences of a request the pool costs ten times the encoding itself

@@ -85,6 +85,13 @@ def test_save_and_load_give_the_same_tokenizer(tokenizer, tmp_path):
     assert [loaded.encode(t) for t in NORMAL_TEXT] == [tokenizer.encode(t) for t in NORMAL_TEXT]
 
 
+@pytest.mark.parametrize("text", ["\u2581", "a\u2581b", "\u2581\u2581 x \u2581", "\ue000\u2581\ue001"])
+def test_sentencepieces_own_space_mark_round_trips(tokenizer, text):
+    """U+2581 is SentencePiece's mark for a space; in a text it is a character like any other."""
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode_batch([text, "a"]) == [tokenizer.encode(text), tokenizer.encode("a")]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), max_size=60))
 def test_arbitrary_text_without_whitespace_round_trips(tokenizer, text):

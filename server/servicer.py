@@ -85,11 +85,12 @@ def text_options(request: pb.TranslateRequest | pb.TranslateBatchRequest) -> Tex
     for name, count in (("glossary", len(request.glossary)), ("keep", len(request.keep))):
         if count > MAX_TERMS:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} has {count} entries; the limit is {MAX_TERMS}")
-    for i, text in [(i, t) for i, term in enumerate(request.glossary) for t in (term.source, term.target)] + \
-            list(enumerate(request.keep)):
+    entries = [(f"glossary[{i}].{side}", getattr(term, side)) for i, term in enumerate(request.glossary)
+               for side in ("source", "target")] + [(f"keep[{i}]", text) for i, text in enumerate(request.keep)]
+    for where, text in entries:
         if not text.strip() or len(text) > MAX_TERM_CHARS:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"glossary or keep entry {i}: {len(text)} characters; "
-                               f"each must hold 1 to {MAX_TERM_CHARS}, not only spaces")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} has {len(text)} characters; each entry "
+                               f"must hold 1 to {MAX_TERM_CHARS}, not only spaces")
     return TextOptions(format=FORMATS[request.format],
                        glossary=tuple((term.source, term.target) for term in request.glossary),
                        keep=tuple(request.keep))

@@ -141,7 +141,7 @@ def test_list_models_describes_what_is_served(server):
     (pb.TranslateRequest(text="x" * 10_001), grpc.StatusCode.INVALID_ARGUMENT, "limit is 10000"),
     (pb.TranslateRequest(text="The cat.", format=9), grpc.StatusCode.INVALID_ARGUMENT, "format 9 is unknown"),
     (pb.TranslateRequest(text="The cat.", glossary=[pb.GlossaryTerm(source="cat", target="")]),
-     grpc.StatusCode.INVALID_ARGUMENT, "glossary or keep entry 0"),
+     grpc.StatusCode.INVALID_ARGUMENT, "glossary[0].target has 0 characters"),
     (pb.TranslateRequest(text="The cat.", keep=["k"] * 257), grpc.StatusCode.INVALID_ARGUMENT, "limit is 256"),
 ])
 def test_bad_requests_get_a_clear_status(server, request_, code, words):

@@ -72,6 +72,13 @@ def cut_to_fit(text: str, fits: Callable[[str], bool]) -> list[str]:
     return cut_to_fit(text[:cut], fits) + cut_to_fit(text[cut:], fits)
 
 
+def clause_starts(text: str) -> list[int]:
+    """Offsets in `text` where a clause starts: after `;`, `:`, `,` or a dash and the spaces
+    that follow it."""
+    return sorted({_after_space(text, m.end()) for pattern in _CLAUSE for m in pattern.finditer(text)
+                   if 0 < m.end() < len(text.rstrip())})
+
+
 def _clause_cut(text: str) -> int | None:
     middle = len(text) / 2
     for pattern in _CLAUSE:

@@ -28,12 +28,12 @@ from model.config import EOS_ID
 from model.masking import (Close, Masked, Open, Piece, Protected, TooManySentinels, UnbalancedTags, glued_pieces,
                            mask, touches, unmask)
 from model.search import DecodeOptions, Hypothesis
-from model.sentinels import placeholder
+from model.sentinels import SENTINEL_PATTERN, placeholder
 from model.spans import Span, literal_spans, non_overlapping, protected_spans, term_spans
 from model.tokenizer import Tokenizer
 from server.runtime.confidence import Calibration, confidence
 from server.runtime.markup import Block, Format, Verbatim, parse
-from server.runtime.segmenter import cut_to_fit, sentence_ends
+from server.runtime.segmenter import clause_starts, cut_to_fit, sentence_ends
 
 # A translation shorter than this share of its source's characters is a suspected omission, for a
 # source of at least OMISSION_MIN_WORDS words (short strings vary too much). On the valid split
@@ -250,7 +250,7 @@ class TextJob:
             self.report.repairs.append(f"sentence {unit.sentence + 1}: {', '.join(checked[0][1].problems)} in the "
                                        "best hypothesis; the next one that placed every sentinel taken")
         if check_omission and unit.can_cut and _suspected_omission(unit.masked.text, right[0][1].text):
-            parts = _cut(list(unit.pieces), _clause_starts(_flat(list(unit.pieces))))
+            parts = _cut(list(unit.pieces), clause_starts(_flat(list(unit.pieces))))
             if len(parts) > 1:
                 self.report.repairs.append(f"sentence {unit.sentence + 1}: translation much shorter than the "
                                            f"source (a part may be missing); translated again in {len(parts)} parts")
@@ -370,10 +370,6 @@ def _part_starts(flat: str, fits: Callable[[str], bool]) -> list[int]:
     return starts
 
 
-def _clause_starts(flat: str) -> list[int]:
-    return [m.end() for m in re.finditer(r"[;:,](\s+)|\s[-–—](\s+)", flat) if m.end() < len(flat.rstrip())]
-
-
 def _balanced(pieces: Sequence[Piece]) -> tuple[list[str], list[Piece], list[str]]:
     """A sentence's pieces as (text before, core, text after): whitespace at its ends, and tags
     at its ends whose partner lies in another sentence, move out of what the model sees; an
@@ -418,7 +414,7 @@ def _output(piece: Piece) -> str:
 
 
 def _suspected_omission(source: str, translation: str) -> bool:
-    plain_source = re.sub(r"</?[gx][0-9]+>", " ", source)
+    plain_source = SENTINEL_PATTERN.sub(" ", source)
     if len(plain_source.split()) < OMISSION_MIN_WORDS:
         return False
     return len(re.sub(r"\s+", " ", translation)) < OMISSION_RATIO * len(re.sub(r"\s+", " ", plain_source))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/beam_search_op.py [--arch base]   # full: correctness, then the timings below
     .venv/bin/python bench/beam_search_op.py --quick         # smoke run: few sentences, one pass, no JSON
 
-Our decode loop (server/runtime/decoding.py) calls the encoder graph once and the decoder-step graph
+Our decode loop (server/runtime/engine.py) calls the encoder graph once and the decoder-step graph
 once per token from Python. The BeamSearch contrib operator runs the whole search inside one
 `session.run` instead. This script wraps a model version's own exported graphs
 (export/graphs.py) as the operator's `encoder` and `decoder` subgraphs in its encoder-decoder

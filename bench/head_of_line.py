@@ -96,18 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--words", type=int, default=35, help="about how many words each long sentence has")
     parser.add_argument("--repeats", type=int, default=12, help="short calls alone, and under load")
     parser.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
+    parser.add_argument("--server-args", default="", help="more rosetta-serve flags, e.g. '--max-rows 256'")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "head-of-line-latest.json")
     args = parser.parse_args(argv)
     if not args.test.is_file():
         print(f"head_of_line: {args.test} is missing: run `make data` first", file=sys.stderr)
         return 2
     long = long_sentences(args.test, args.long, args.words)
-    server = ServerProcess(args.repository, args.threads)
+    server = ServerProcess(args.repository, args.threads, args.server_args.split())
     try:
         result = asyncio.run(measure(server.address, long, args.repeats))
     finally:
         server.stop()
     result.update({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "short_text": SHORT,
+                   "server_args": args.server_args,
                    "long_words_mean": statistics.mean(len(s.split()) for s in long)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,8 +14,13 @@ the parity gate; a decode loop does not fetch it.
 
 One decoder graph serves every step, the first included: at step 0 the cache has past_len 0.
 A separate first-step graph would duplicate every decoder weight in the artifact for no gain,
-since an empty cache costs nothing in Concat. The position of the new token is past_len, read
-from the cache's shape inside the graph, so no position input can disagree with the cache.
+since an empty cache costs nothing in Concat.
+
+Rows need not be at the same step: `positions` gives each row's own cached length, its cache
+entries the last columns of the shared (left-padded) cache, the columns before them masked
+out (Transformer.decode_hidden). So the decode loop (server/runtime/engine.py) adds sentences to
+a running batch and drops finished ones at any step. `eos_allowed` is per row too: rows carry
+their own min_length.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class DecoderStepGraph(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
+        positions: torch.Tensor,
         source_mask: torch.Tensor,
         eos_allowed: torch.Tensor,
         cross_keys: Cache,
@@ -69,10 +75,10 @@ class DecoderStepGraph(nn.Module):
         past_values: Cache,
     ) -> tuple[torch.Tensor, ...]:
         hidden, keys, values = self.model.decode_hidden(tokens, cross_keys, cross_values, source_mask, past_keys,
-                                                        past_values)
+                                                        past_values, positions)
         # Project only the last position: selecting it after the projection would copy (B, V) logits.
         logits = self.model.logits(hidden[:, -1])
         log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never
-        log_probs = log_probs + torch.where(eos_allowed, torch.zeros_like(self.eos_penalty), self.eos_penalty)
+        log_probs = log_probs + torch.where(eos_allowed[:, None], torch.zeros_like(self.eos_penalty), self.eos_penalty)
         top_log_probs, top_ids = log_probs.topk(TOP_K, dim=-1)
         return (logits, top_log_probs, top_ids, *keys, *values)

@@ -33,6 +33,7 @@ GRAPH_OPTIMIZATIONS = [
     "decoder step applies the decoding rules and returns the top-32 tokens (no logits copied out per step)",
     "attention written out as (Q/sqrt(d)) K^T so ONNX Runtime folds the transpose into MatMul",
     "one key/value cache tensor per layer (no whole-cache split and stack per step)",
+    "per-row positions and EOS rule: rows at different steps share a decoder step (step-level batching)",
 ]
 
 log = logging.getLogger("rosetta.export")
@@ -58,7 +59,10 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past
         past_k, past_v = model.empty_cache(batch)
         _, past_k, past_v = model.decode(prefix, cross_k, cross_v, model.source_mask(source), past_k, past_v)
     tokens = torch.randint(4, c.vocab_size, (batch, 1), generator=generator)
-    return source, (tokens, model.source_mask(source), torch.tensor(True), cross_k, cross_v, past_k, past_v)
+    # Rows at different lengths and one not allowed EOS, so both are traced as data.
+    positions = torch.arange(past_len, past_len - batch, -1).clamp(min=0)
+    eos_allowed = torch.arange(batch) > 0
+    return source, (tokens, positions, model.source_mask(source), eos_allowed, cross_k, cross_v, past_k, past_v)
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -89,7 +93,8 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     cache = [{0: batch, 2: past_len}] * layers
     cross = [{0: batch, 2: source_len}] * layers
     _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
-            {"tokens": {0: batch}, "source_mask": {0: batch, 1: source_len}, "eos_allowed": None,
+            {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: batch, 1: source_len},
+             "eos_allowed": {0: batch},
              "cross_keys": cross, "cross_values": cross, "past_keys": cache, "past_values": cache},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

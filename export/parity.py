@@ -4,10 +4,12 @@ Two checks, both run by every export before the version is published:
 
 1. Tensors. Encoder outputs and decoder-step logits and caches, ONNX Runtime against PyTorch,
    on padded batches of mixed lengths across the shape ranges (batch 1 to 64, source length 1
-   to the maximum, past length 0 to the maximum), random ids and real sentences.
-2. Translations. Greedy and beam search through the project's ONNX Runtime decode loop
-   (server/runtime/decoding.py) against the PyTorch reference decoder on a test set: token agreement,
-   and sacreBLEU / chrF of each.
+   to the maximum, past length 0 to the maximum; rows at different lengths in one step, as the
+   engine runs them), random ids and real sentences.
+2. Translations. Greedy and beam search through the project's ONNX Runtime engine
+   (server/runtime/engine.py, every sentence joining the rows in flight as earlier ones finish)
+   against the PyTorch reference decoder (static length-sorted batches) on a test set: token
+   agreement, and sacreBLEU / chrF of each.
 
 Tolerances by precision (`TOLERANCES`), and why:
 - fp32: 1e-4 max abs difference. Both engines compute in fp32; kernels sum in different orders,
@@ -30,7 +32,7 @@ import torch
 from model.batching import pad
 from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
-from model.search import DecodeOptions, Hypothesis, length_sorted_batches
+from model.search import DecodeOptions, length_sorted_batches
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from server.runtime import (EngineScores, OnnxGraphs, ParityReport, TensorParity, Tolerance, TranslationParity,
@@ -44,10 +46,12 @@ TOLERANCES = {
     "fp16": Tolerance(max_abs_diff=0.1, identical_tokens=False, max_bleu_drop=0.5),
 }
 
-# (batch, source length, past length); None = the model's maximum. Edges of every dynamic axis,
-# batch and past 0 and 1 included, plus sizes never used when exporting.
-SHAPE_CASES = [(1, 1, 0), (1, 5, 1), (2, 9, 0), (3, 7, 4), (64, 12, 2), (5, None, 0), (4, 16, None),
-               (17, 30, 11), (64, 41, 23)]
+# (batch, source length, past length, ragged); None = the model's maximum. Edges of every dynamic
+# axis, batch and past 0 and 1 included, plus sizes never used when exporting; ragged: rows at
+# different lengths in one step, as the engine (server/runtime/engine.py) runs them.
+SHAPE_CASES = [(1, 1, 0, False), (1, 5, 1, False), (2, 9, 0, False), (3, 7, 4, False), (64, 12, 2, False),
+               (5, None, 0, False), (4, 16, None, False), (17, 30, 11, False), (64, 41, 23, False),
+               (9, 20, 6, True), (33, 50, 40, True), (4, 16, None, True)]
 
 
 def _random_sources(config, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,23 +66,35 @@ def _random_sources(config, batch: int, length: int, rng: np.random.Generator) -
 
 @torch.no_grad()
 def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, past_len: int,
-                  rng: np.random.Generator) -> dict[str, float]:
-    """Max abs differences of encoder outputs, and of a decoder step after `past_len` cached tokens."""
+                  rng: np.random.Generator, ragged: bool = False) -> dict[str, float]:
+    """Max abs differences of encoder outputs, and of a decoder step after `past_len` cached tokens.
+
+    ragged: rows at different lengths, as the engine runs them: row b has its own number of
+    cached tokens (one row all of them), its cache the last columns of the shared one.
+    """
     c = model.config
+    batch = source.shape[0]
     src = torch.from_numpy(source)
     ref_k, ref_v = model.cross_kv(model.encode(src))
     onnx_k, onnx_v = graphs.encode(source)
     mask = source != c.pad_id
-    prefix = torch.from_numpy(rng.integers(4, c.vocab_size, (source.shape[0], past_len + 1)))
-    past_k, past_v = model.empty_cache(source.shape[0])
-    if past_len:
+    positions = np.full(batch, past_len, np.int64)
+    if ragged:
+        positions[1:] = rng.integers(0, past_len + 1, batch - 1)
+    prefix = torch.from_numpy(rng.integers(4, c.vocab_size, (batch, past_len + 1)))
+    past_k, past_v = model.empty_cache(batch)
+    if past_len:  # causal: the first n columns of the whole prefix's cache are an n-token prefix's cache
         _, past_k, past_v = model.decode(prefix[:, :past_len], ref_k, ref_v, src != c.pad_id, past_k, past_v)
-    ref_logits, ref_pk, ref_pv = model.decode(prefix[:, past_len:], ref_k, ref_v, src != c.pad_id, past_k, past_v)
+    past_k, past_v = (_right_aligned(cache, positions) for cache in (past_k, past_v))
+    tokens = prefix[torch.arange(batch), torch.from_numpy(positions)][:, None]
+    ref_logits, ref_pk, ref_pv = model.decode(tokens, ref_k, ref_v, src != c.pad_id, past_k, past_v,
+                                              torch.from_numpy(positions))
+
     def onnx_cache(cache: list[torch.Tensor]) -> list[np.ndarray]:
         return [t.numpy().astype(graphs.dtype) for t in cache]
 
-    logits, keys, values = graphs.step_logits(prefix[:, past_len:].numpy(), onnx_cache(ref_k), onnx_cache(ref_v), mask,
-                                              onnx_cache(past_k), onnx_cache(past_v), True)
+    logits, keys, values = graphs.step_logits(tokens.numpy(), positions, np.ones(batch, bool), onnx_cache(ref_k),
+                                              onnx_cache(ref_v), mask, onnx_cache(past_k), onnx_cache(past_v))
 
     def diff(a: list[np.ndarray], b: list[torch.Tensor]) -> float:
         return max(float(np.abs(x.astype(np.float32) - y.numpy()).max()) for x, y in zip(a, b))
@@ -87,15 +103,28 @@ def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, pa
             "cache": max(diff(keys, ref_pk), diff(values, ref_pv))}
 
 
+def _right_aligned(cache: list[torch.Tensor], positions: np.ndarray) -> list[torch.Tensor]:
+    """Each row's first positions[b] columns moved to the end, zeros before them (a left-padded cache)."""
+    out = []
+    for t in cache:
+        aligned = torch.zeros_like(t)
+        width = t.shape[2]
+        for row, n in enumerate(positions.tolist()):
+            if n:
+                aligned[row, :, width - n:] = t[row, :, :n]
+        out.append(aligned)
+    return out
+
+
 def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[list[int]], seed: int = 0) -> TensorParity:
     """Max abs differences over SHAPE_CASES with random ids, and over batches of real sentences."""
     c = model.config
     rng = np.random.default_rng(seed)
     results = []
-    for batch, length, past in SHAPE_CASES:
+    for batch, length, past, ragged in SHAPE_CASES:
         length = c.max_positions if length is None else min(length, c.max_positions)
         past = c.max_positions - 1 if past is None else min(past, c.max_positions - 1)
-        diffs = _compare_step(model, graphs, _random_sources(c, batch, length, rng), past, rng)
+        diffs = _compare_step(model, graphs, _random_sources(c, batch, length, rng), past, rng, ragged)
         results.append({"batch": batch, "source_len": length, "past_len": past, **diffs})
     for start in range(0, min(len(real_sources), 128), 32):
         chunk = real_sources[start: start + 32]
@@ -106,15 +135,24 @@ def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[lis
                         [(r["batch"], r["source_len"], r["past_len"]) for r in results])
 
 
-def _decode_all(decode: Callable[[list[list[int]]], list[list[Hypothesis]]], sources: list[list[int]],
-                batch_size: int, progress: Callable[[int], None] | None) -> list[list[int]]:
+def _reference(model: Transformer, sources: list[list[int]], options: DecodeOptions, batch_size: int,
+               progress: Callable[[int], None] | None) -> list[list[int]]:
+    """The PyTorch reference decoder's best translations, in static length-sorted batches."""
     tokens: list[list[int]] = [[] for _ in sources]
     for chunk in length_sorted_batches([len(s) for s in sources], batch_size):
-        for i, hyps in zip(chunk, decode([sources[i] for i in chunk])):
+        for i, hyps in zip(chunk, reference_translate_ids(model, pad([sources[i] for i in chunk]), options)):
             tokens[i] = hyps[0].tokens
         if progress:
             progress(len(chunk))
     return tokens
+
+
+def _engine(graphs: OnnxGraphs, sources: list[list[int]], options: DecodeOptions, batch_size: int,
+            progress: Callable[[int], None] | None) -> list[list[int]]:
+    """The runtime engine's best translations: every sentence submitted at once, each joining
+    the rows in flight as earlier ones finish (step-level batching, as the server runs)."""
+    return [hyps[0].tokens for hyps in onnx_translate_ids(graphs, sources, options, max_batch=batch_size,
+                                                          on_batch=progress)]
 
 
 def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]],
@@ -126,11 +164,11 @@ def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokeni
     references = [t for _, t in pairs]
     outputs, scores = {}, {}
     for engine, decode in (
-        ("pytorch", lambda chunk: reference_translate_ids(model, pad(chunk), options)),
-        ("onnxruntime", lambda chunk: onnx_translate_ids(graphs, chunk, options, max_batch=len(chunk))),
+        ("pytorch", lambda: _reference(model, sources, options, batch_size, progress)),
+        ("onnxruntime", lambda: _engine(graphs, sources, options, batch_size, progress)),
     ):
         start = time.perf_counter()
-        outputs[engine] = _decode_all(decode, sources, batch_size, progress)
+        outputs[engine] = decode()
         texts = tokenizer.decode_batch(outputs[engine])
         scores[engine] = EngineScores(**score_translations(texts, references),
                                       seconds=round(time.perf_counter() - start, 2))

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from model.search import (DecodeOptions, Hypothesis, SentenceBeams, advance_beams, advance_greedy,
-                          greedy_hypothesis)
+from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy, advance_beams
 from model.transformer import Cache, Transformer
 
 
@@ -63,8 +62,7 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
     past_k, past_v = model.empty_cache(batch, src.device)
     tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=src.device)
     active = list(range(batch))  # original index of each live row
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    scores = [0.0] * batch
+    sentences = [SentenceGreedy() for _ in range(batch)]
     step = 0
     while active:
         logits, past_k, past_v = model.decode(tokens, cross_k, cross_v, src_mask, past_k, past_v)
@@ -72,16 +70,15 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
         best = log_probs.argmax(dim=-1)
         best_scores = log_probs.gather(1, best[:, None])[:, 0]
         step += 1
-        keep = advance_greedy(enumerate(active), best.tolist(), best_scores.tolist(), outputs, scores, limits, step,
-                              config.eos_id)
+        keep = [row for row, (i, token, score) in enumerate(zip(active, best.tolist(), best_scores.tolist()))
+                if sentences[i].advance(token, score, step, limits[i], config.eos_id)]
         if len(keep) < len(active):
             index = torch.tensor(keep, dtype=torch.long, device=src.device)
             cross_k, cross_v, past_k, past_v = (_rows(index, c) for c in (cross_k, cross_v, past_k, past_v))
             src_mask, best = src_mask.index_select(0, index), best.index_select(0, index)
             active = [active[r] for r in keep]
         tokens = best[:, None]
-    return [[greedy_hypothesis(out, score, limit, options.length_penalty)]
-            for out, score, limit in zip(outputs, scores, limits)]
+    return [[s.hypothesis(limit, options.length_penalty)] for s, limit in zip(sentences, limits)]
 
 
 def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:

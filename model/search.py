@@ -8,7 +8,6 @@ how they compute the next-token log-probabilities. No torch here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -87,30 +86,29 @@ class Hypothesis:
     score: float  # normalized log-probability (see DecodeOptions.length_penalty)
 
 
-def advance_greedy(rows: Iterable[tuple[int, int]], best: Sequence[int], best_scores: Sequence[float],
-                   outputs: list[list[int]], scores: list[float], limits: list[int], step: int,
-                   eos_id: int) -> list[int]:
-    """One greedy step for both decoders: each (row, sentence) takes its row's best token and score.
+@dataclass
+class SentenceGreedy:
+    """One sentence's greedy search state: the tokens taken and their summed log-probability."""
 
-    EOS ends a sentence (it is scored, not kept); a sentence that reached its budget `limits`
-    after `step` tokens ends too. Returns the rows that go on, in order.
-    """
-    keep = []
-    for row, sentence in rows:
-        scores[sentence] += best_scores[row]
-        token = best[row]
+    tokens: list[int] = field(default_factory=list)
+    log_prob: float = 0.0
+
+    def advance(self, token: int, log_prob: float, step: int, limit: int, eos_id: int) -> bool:
+        """Take the step's best token, the sentence's `step`-th; False once the sentence is done.
+
+        EOS ends a sentence (it is scored, not kept); a sentence that reached its budget `limit`
+        ends too."""
+        self.log_prob += log_prob
         if token == eos_id:
-            continue
-        outputs[sentence].append(token)
-        if step < limits[sentence]:
-            keep.append(row)
-    return keep
+            return False
+        self.tokens.append(token)
+        return step < limit
 
-
-def greedy_hypothesis(tokens: list[int], log_prob: float, limit: int, length_penalty: float) -> Hypothesis:
-    """A finished greedy translation: its length counts the EOS that ended it, which a sentence
-    stopped by its budget `limit` never generated."""
-    return Hypothesis(tokens, normalized_score(log_prob, len(tokens) + (len(tokens) < limit), length_penalty))
+    def hypothesis(self, limit: int, length_penalty: float) -> Hypothesis:
+        """The finished translation: its length counts the EOS that ended it, which a sentence
+        stopped by its budget `limit` never generated."""
+        length = len(self.tokens) + (len(self.tokens) < limit)
+        return Hypothesis(self.tokens, normalized_score(self.log_prob, length, length_penalty))
 
 
 @dataclass

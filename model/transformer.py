@@ -49,7 +49,8 @@ class TokenEmbedding(nn.Module):
         self.register_buffer("positions", sinusoidal_table(config.max_positions, config.d_model), persistent=False)
 
     def forward(self, ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
-        """ids: (B, T) -> (B, T, D), positions start, start+1, ..."""
+        """ids: (B, T) -> (B, T, D), positions start, start+1, ...; `start` is one int for every
+        row, or a (B, 1) tensor giving each row its own."""
         pos = torch.arange(ids.shape[1], device=ids.device) + start
         return self.tokens(ids) * self.scale + self.positions[pos]
 
@@ -199,12 +200,18 @@ class Transformer(nn.Module):
         src_mask: torch.Tensor,
         past_k: Cache,
         past_v: Cache,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache, Cache]:
         """Run the decoder over T new target tokens that follow P cached ones.
 
         tgt: (B, T) ids; cross_k/v: per layer (B, H, S, Dh); src_mask: (B, S) bool;
         past_k/v: per layer (B, H, P, Dh). Returns hidden states (B, T, D) and the cache,
         per layer (B, H, P+T, Dh).
+
+        positions: None when every row has all P cached tokens. Otherwise (B,) int64, the number
+        of cached tokens of each row (<= P): rows at different lengths share one cache, each
+        row's tokens in its last positions[b] columns (left-padded), the columns before them
+        masked out. This is what lets a decode loop add sentences to a running batch.
         """
         past = past_k[0].shape[2]
         t = tgt.shape[1]
@@ -212,8 +219,13 @@ class Transformer(nn.Module):
         key_pos = torch.arange(past + t, device=tgt.device)
         query_pos = torch.arange(t, device=tgt.device) + past
         self_mask = key_pos[None, :] <= query_pos[:, None]  # (T, P+T)
+        start: int | torch.Tensor = past
+        if positions is not None:
+            first_column = past - positions  # (B,) where each row's own tokens begin
+            self_mask = self_mask & (key_pos[None, :] >= first_column[:, None])[:, None, None, :]  # (B, 1, T, P+T)
+            start = positions[:, None]
         cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self.embedding_dropout(self.target_embedding(tgt, start=past))
+        x = self.embedding_dropout(self.target_embedding(tgt, start=start))
         ks, vs = [], []
         for i, layer in enumerate(self.decoder_layers):
             x, k, v = layer(x, self_mask, past_k[i], past_v[i], cross_k[i], cross_v[i], cross_mask)
@@ -235,9 +247,10 @@ class Transformer(nn.Module):
         src_mask: torch.Tensor,
         past_k: Cache,
         past_v: Cache,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache, Cache]:
         """Like `decode_hidden`, returning logits (B, T, V) instead of hidden states."""
-        hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v)
+        hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v, positions)
         return self.logits(hidden), k, v
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -31,13 +31,12 @@ class ServerConfig:
         "", "model for requests that name none (default: en-es if present, else the first by name)")
     device: str = setting("auto", "auto (CUDA when usable, else CPU), cuda or cpu")
     streams: int = setting(
-        0, "parts of a batch decoded at once, one thread each (0: the cores divided among "
-        "the concurrent batches on the CPU, 1 on CUDA)")
+        0, "engines decoding at once, one thread each, each with its own rows in flight (0: one per core "
+        "on the CPU, 1 on CUDA)")
     threads: int = setting(0, "intra-op threads per ONNX Runtime session (0: the cores left to each stream)")
-    max_batch_sentences: int = setting(64, "sentences decoded together at most")
-    max_wait_ms: float = setting(5.0, "how long a batch waits for more requests to join it")
-    concurrent_batches: int = setting(
-        2, "batches decoded at the same time; waiting requests are shared among them by length")
+    max_rows: int = setting(
+        0, "rows (sentences x beams) decoding at once, shared among the streams; sentences join and leave "
+        "at every step (0: 128 on the CPU, 4096 on CUDA)")
     max_queue_sentences: int = setting(1024, "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED")
     max_text_chars: int = setting(10_000, "characters per text")
     max_batch_texts: int = setting(256, "texts per TranslateBatch call")
@@ -59,13 +58,13 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
-        for name in ("max_batch_sentences", "concurrent_batches", "max_queue_sentences", "max_text_chars",
+        for name in ("max_queue_sentences", "max_text_chars",
                      "max_batch_texts", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if min(self.max_wait_ms, self.grace_seconds, self.threads, self.streams, self.reload_interval,
+        if min(self.max_rows, self.grace_seconds, self.threads, self.streams, self.reload_interval,
                self.max_chrf_drop) < 0:
-            raise ValueError("max_wait_ms, grace_seconds, threads, streams, reload_interval and max_chrf_drop "
+            raise ValueError("max_rows, grace_seconds, threads, streams, reload_interval and max_chrf_drop "
                              "must not be negative")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be -1 (off) or 0..65535, got {self.metrics_port}")
@@ -81,7 +80,7 @@ class ServerConfig:
     def session_config(self) -> SessionConfig:
         """How the runtime runs the graphs under these settings."""
         return SessionConfig(device=self.device, streams=self.streams, intra_op_threads=self.threads,
-                             concurrent_batches=self.concurrent_batches)
+                             max_rows=self.max_rows)
 
     def token(self) -> str:
         """The bearer token required of callers; empty when authentication is off."""

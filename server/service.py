@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rosetta.v1 import translator_pb2, translator_pb2_grpc
 from server.auth import BearerTokenInterceptor
-from server.batcher import Batcher
+from server.admission import Admission
 from server.config import ServerConfig, parse_config
 from server.health import NOT_SERVING, SERVING, HealthServicer
 from server.logs import configure
@@ -111,7 +111,7 @@ class Service:
     """What a running server holds, assembled before anything starts."""
 
     registry: ModelRegistry
-    batcher: Batcher
+    admission: Admission
     metrics: Metrics
     servicer: TranslatorServicer
     health: HealthServicer
@@ -121,26 +121,25 @@ class Service:
     def assemble(cls, config: ServerConfig, stopping: threading.Event) -> Service:
         gate = Gate(config.session_config(), max_chrf_drop=config.max_chrf_drop, stopping=stopping)
         registry = ModelRegistry(config.repository, gate, config.default_model)
-        batcher = Batcher(max_batch_sentences=config.max_batch_sentences, max_wait_ms=config.max_wait_ms,
-                          max_queue_sentences=config.max_queue_sentences, workers=config.concurrent_batches)
+        admission = Admission(max_queue_sentences=config.max_queue_sentences)
         metrics = Metrics()
-        batcher.on_batch.append(metrics.observe_batch)
-        metrics.track_queue(lambda: batcher.queued_sentences)
+        admission.on_request.append(metrics.observe_request)
+        metrics.track_queue(lambda: admission.queued_sentences)
         track_models(metrics, registry)
-        servicer = TranslatorServicer(registry, batcher, config, metrics)
+        servicer = TranslatorServicer(registry, admission, config, metrics)
         health_servicer = HealthServicer()
-        return cls(registry, batcher, metrics, servicer, health_servicer, grpc_server(config, servicer, health_servicer))
+        return cls(registry, admission, metrics, servicer, health_servicer, grpc_server(config, servicer, health_servicer))
 
     async def set_health(self, status: int) -> None:
         for name in ("", SERVICE):
             await self.health.set(name, status)
 
     async def close(self, grace_seconds: float) -> None:
-        """Health NOT_SERVING, open streams end, in-flight calls get `grace_seconds`, batches finish."""
+        """Health NOT_SERVING, open streams end, in-flight calls get `grace_seconds`, decoding settles."""
         self.servicer.close()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
-        await self.batcher.close()
+        await self.admission.close()
 
 
 async def serve(config: ServerConfig, early_signals: set[int] = frozenset()) -> int:
@@ -156,7 +155,6 @@ async def serve(config: ServerConfig, early_signals: set[int] = frozenset()) -> 
         wake.set()
     service = Service.assemble(config, stopping)
     await service.set_health(NOT_SERVING)
-    service.batcher.start()
     reloading: asyncio.Task | None = None
     try:
         metrics_port, port = serve_metrics(service.metrics, config), listen(service.server, config)

@@ -1,4 +1,4 @@
-"""The rosetta.v1.Translator gRPC service over the model registry and the batcher.
+"""The rosetta.v1.Translator gRPC service over the model registry and admission into the engines.
 
 Every error a caller can cause is answered with a status code and a message they can act on
 (see protos/rosetta/v1/translator.proto), a message that is not valid protobuf included;
@@ -18,7 +18,7 @@ import grpc
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from rosetta.v1 import translator_pb2 as pb
 from rosetta.v1 import translator_pb2_grpc
-from server.batcher import Batcher, DeadlineExpiredError, QueueFullError, RequestTooLargeError
+from server.admission import Admission, DeadlineExpiredError, QueueFullError, RequestTooLargeError
 from server.config import ServerConfig
 from server.malformed import MalformedMessageError
 from server.metrics import Metrics
@@ -97,10 +97,10 @@ def text_options(request: pb.TranslateRequest | pb.TranslateBatchRequest) -> Tex
 
 
 class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
-    def __init__(self, registry: ModelRegistry, batcher: Batcher, config: ServerConfig,
+    def __init__(self, registry: ModelRegistry, admission: Admission, config: ServerConfig,
                  metrics: Metrics | None = None) -> None:
         self.registry = registry
-        self.batcher = batcher
+        self.admission = admission
         self.config = config
         self.metrics = metrics
         self._closing = asyncio.Event()
@@ -127,12 +127,12 @@ class TranslatorServicer(translator_pb2_grpc.TranslatorServicer):
 
     async def _run(self, version: LoadedVersion, jobs: list[TextJob], options: DecodeOptions,
                    context: grpc.aio.ServicerContext) -> list[TextTranslation]:
-        """The jobs' rounds through the batcher: usually one, two where a sentence needs repair."""
+        """The jobs' rounds through admission: usually one, two where a sentence needs repair."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         rounds, decoding = JobRounds(jobs), decoding_options(options)
         while ids := rounds.wanted():
-            rounds.answer(await self.batcher.translate(version, ids, decoding, deadline))
+            rounds.answer(await self.admission.translate(version, ids, decoding, deadline))
         return rounds.results()
 
     @staticmethod

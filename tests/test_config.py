@@ -10,9 +10,9 @@ from server.config import ServerConfig, parse_config
 
 
 def test_flags_override_environment_which_overrides_defaults():
-    env = {"ROSETTA_PORT": "6000", "ROSETTA_DEVICE": "cpu", "ROSETTA_MAX_WAIT_MS": "2.5"}
+    env = {"ROSETTA_PORT": "6000", "ROSETTA_DEVICE": "cpu", "ROSETTA_MAX_ROWS": "96"}
     config = parse_config(["--port", "7000"], env)
-    assert (config.port, config.device, config.max_wait_ms) == (7000, "cpu", 2.5)
+    assert (config.port, config.device, config.max_rows) == (7000, "cpu", 96)
     assert config.repository == Path("models") and config.grace_seconds == ServerConfig().grace_seconds
 
 

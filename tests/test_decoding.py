@@ -8,7 +8,7 @@ import torch
 from model.batching import pad
 from model.checkpoint import load_checkpoint
 from model.decoding import translate_ids
-from model.search import DecodeOptions, greedy_hypothesis, mode_label
+from model.search import DecodeOptions, SentenceGreedy, mode_label
 from model.translate import translate_hypotheses, translate_texts
 from tests.builders import make_model, random_batch, tiny_pairs
 
@@ -75,9 +75,19 @@ def test_output_budget_follows_each_sentence_and_the_model_maximum():
 
 
 def test_a_greedy_length_counts_the_eos_it_ended_with_but_not_one_cut_off_by_the_budget():
-    assert greedy_hypothesis([7, 8, 9], -6.0, limit=10, length_penalty=1.0).score == pytest.approx(-1.5)
-    assert greedy_hypothesis([7, 8, 9], -6.0, limit=3, length_penalty=1.0).score == pytest.approx(-2.0)
-    assert greedy_hypothesis([], -1.0, limit=5, length_penalty=1.0).score == pytest.approx(-1.0)
+    assert SentenceGreedy([7, 8, 9], -6.0).hypothesis(limit=10, length_penalty=1.0).score == pytest.approx(-1.5)
+    assert SentenceGreedy([7, 8, 9], -6.0).hypothesis(limit=3, length_penalty=1.0).score == pytest.approx(-2.0)
+    assert SentenceGreedy([], -1.0).hypothesis(limit=5, length_penalty=1.0).score == pytest.approx(-1.0)
+
+
+def test_a_greedy_sentence_ends_at_eos_or_at_its_budget():
+    sentence = SentenceGreedy()
+    assert sentence.advance(7, -0.5, step=1, limit=3, eos_id=3)
+    assert not sentence.advance(8, -0.5, step=3, limit=3, eos_id=3)  # the budget: 3 tokens
+    assert sentence.tokens == [7, 8]
+    ended = SentenceGreedy()
+    assert not ended.advance(3, -0.25, step=1, limit=9, eos_id=3)  # EOS is scored, not kept
+    assert (ended.tokens, ended.log_prob) == ([], -0.25)
 
 
 def test_reports_name_a_search_greedy_or_by_its_beam():

@@ -337,7 +337,9 @@ def test_compose_servers_are_healthchecked_limited_and_drained(compose):
         assert service["restart"] == "unless-stopped"
         assert seconds(service["stop_grace_period"]) > config.grace_seconds, f"{name}: SIGKILL before the drain ends"
         limits = service["deploy"]["resources"]["limits"]
-        threads = config.concurrent_batches * config.streams * config.threads  # each decoding thread gets a cpu
+        # Each decoding thread gets a cpu; on a GPU the one engine's thread gets one and the
+        # service's event loop (tokenizing, the text path) another.
+        threads = config.streams * config.threads + (config.device == "cuda")
         assert limits["memory"] and float(limits["cpus"]) == threads, name
         assert volume_at(service, str(config.repository)) == ("models", PurePosixPath(".")), name
     for name in ("server", "server-gpu"):
@@ -472,7 +474,7 @@ def test_k8s_cpu_server_threads_fit_its_cpu_limit_and_the_hpa_scales_it(k8s):
     server = container(deployment)
     config = assert_server_environment(server["command"] + server["args"], {e["name"]: e["value"] for e in server["env"]})
     assert config.device == "cpu"
-    assert float(server["resources"]["limits"]["cpu"]) == config.concurrent_batches * config.streams * config.threads
+    assert float(server["resources"]["limits"]["cpu"]) == config.streams * config.threads
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     hpa = k8s["HorizontalPodAutoscaler", "rosetta-server"]
     assert hpa["apiVersion"] == "autoscaling/v2"

@@ -234,8 +234,18 @@ def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):
 
 def test_manifest_is_plain_json_a_client_can_read(tiny_version):
     data = json.loads((tiny_version / MANIFEST).read_text())
-    assert data["format"] == 1 and data["parity"]["passed"] is True
+    assert data["format"] == 2 and data["parity"]["passed"] is True
     assert os.path.getsize(tiny_version / MANIFEST) < 64_000
+
+
+def test_a_version_exported_before_per_row_positions_is_refused_with_what_to_do(tiny_version, tmp_path):
+    """Format 1 versions have a decoder step whose rows all share one length: the engine cannot run them."""
+    old = tmp_path / "1"
+    shutil.copytree(tiny_version, old)
+    data = json.loads((old / MANIFEST).read_text())
+    (old / MANIFEST).write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(ModelVersionError, match="per-row positions.*export the version again with rosetta-export"):
+        load_manifest(old)
 
 
 def stored_copies(version_dir: Path, checkpoint) -> dict[str, int]:
@@ -332,7 +342,8 @@ def test_an_fp16_checkpoint_is_stored_in_fp16_and_served_with_exactly_its_fp32_v
     new_cross, old_cross = new.encode(source_ids), old.encode(source_ids)
     assert all(np.array_equal(a, b) for a, b in zip(sum(new_cross, []), sum(old_cross, [])))
     tokens = np.full((2, 1), new.config.bos_id, dtype=np.int64)
-    new_step = new.step_logits(tokens, *new_cross, mask, *new.empty_cache(2), True)
-    old_step = old.step_logits(tokens, *old_cross, mask, *old.empty_cache(2), True)
+    first = (np.zeros(2, np.int64), np.ones(2, bool))  # positions, eos_allowed
+    new_step = new.step_logits(tokens, *first, *new_cross, mask, *new.empty_cache(2))
+    old_step = old.step_logits(tokens, *first, *old_cross, mask, *old.empty_cache(2))
     assert np.array_equal(new_step[0], old_step[0])
     assert all(np.array_equal(a, b) for a, b in zip(new_step[1] + new_step[2], old_step[1] + old_step[2]))

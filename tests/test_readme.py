@@ -169,7 +169,7 @@ FORMAT = [
 GRPCURL = [c for c in commands() if c.startswith("grpcurl")]
 RETRAIN = [c for c in commands() if c.startswith(("make data", ".venv/bin/rosetta-train", ".venv/bin/rosetta-export"))
            and c not in NOT_RUN]
-EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/4 --test data/en-es/test.tsv --beam 4"]
+EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/5 --test data/en-es/test.tsv --beam 4"]
 
 
 def spanish(text: str) -> bool:
@@ -187,7 +187,7 @@ def test_a_first_translation(checkout, served):
     lines = run(FIRST_TRANSLATION[3], checkout).strip().splitlines()
     assert len(lines) == len((checkout / "docs/examples/help.txt").read_text().splitlines())
     out = run([sys.executable, "-c", blocks("python")[0]], checkout).strip().splitlines()
-    assert spanish(out[0]) and "('en-es', 4, 'CPUExecutionProvider')" in out[2]
+    assert spanish(out[0]) and f"('en-es', {DEFAULT_VERSION.name}, 'CPUExecutionProvider')" in out[2]
 
 
 def test_placeholders_markup_and_glossaries(checkout, served):

@@ -139,23 +139,32 @@ def test_the_cache_is_kept_on_the_device_by_default_on_cuda_only(tiny_version, d
 
 
 def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version, device):
-    """Encoder outputs, each step's cache and reordered rows stay device values; only the best
-    tokens come back as host arrays. Reordered rows hold exactly the rows asked for."""
+    """Encoder outputs, each step's cache, selected and joined rows stay device values; only the
+    best tokens come back as host arrays. Selected and joined rows hold exactly what was asked."""
     translator = Translator(tiny_version, SessionConfig(device=device, device_cache=True))
     graphs = translator.graphs
     source = pad_ids(translator.encode(["The cat.", "The old red house.", "The dog."]), 0)
     cross_k, cross_v = graphs.encode(source)
     past_k, past_v = graphs.empty_cache(3)
-    out = graphs.step(np.full((3, 1), 1, dtype=np.int64), cross_k, cross_v, source != 0, past_k, past_v, True)
+    out = graphs.step(np.full((3, 1), 1, dtype=np.int64), np.zeros(3, np.int64), np.ones(3, bool), cross_k, cross_v,
+                      source != 0, past_k, past_v)
     assert isinstance(out.top_ids, np.ndarray) and out.top_ids.shape[0] == 3
     for value in (*cross_k, *cross_v, *out.keys, *out.values):
         assert isinstance(value, ort.OrtValue) and value.device_name() == device
     order = [2, 0, 0]
-    keys, values = graphs.rows(order, out.keys, out.values)
-    for before, after in zip([*out.keys, *out.values], [*keys, *values]):
+    keys = graphs.select(out.keys, order)
+    for before, after in zip(out.keys, keys):
         assert after.device_name() == device
         assert np.array_equal(after.numpy(), before.numpy()[order])
-    assert graphs.rows([0, 1, 2], out.keys) == (out.keys,)  # nothing moved, nothing copied
+    assert graphs.select(out.keys, [0, 1, 2]) is out.keys  # nothing moved, nothing copied
+    narrow = graphs.select(cross_k, [1], (0, 2))
+    assert np.array_equal(narrow[0].numpy(), cross_k[0].numpy()[[1], :, 0:2])
+    joined = graphs.join(keys, out.keys, 3, pad_left=True)
+    host = graphs.join([k.numpy() for k in keys], [k.numpy() for k in out.keys], 3, pad_left=True)
+    for value, expected in zip(joined, host):
+        assert value.device_name() == device and np.array_equal(value.numpy(), expected)
+    assert host[0].shape[:3] == (6, out.keys[0].shape()[1], 3)
+    assert not host[0][:, :, :2].any() and np.array_equal(host[0][:3, :, 2:], keys[0].numpy())
 
 
 def test_cuda_unavailable_falls_back_with_one_clear_line(tiny_version, caplog, monkeypatch):
@@ -179,30 +188,34 @@ def test_the_real_cuda_probe_names_what_is_missing():
         assert "cannot load" in reason or "no CUDA provider" in reason
 
 
-@pytest.mark.parametrize("bad", [dict(device="gpu"), dict(optimization="max"), dict(intra_op_threads=-1)])
+@pytest.mark.parametrize("bad", [dict(device="gpu"), dict(optimization="max"), dict(intra_op_threads=-1),
+                                 dict(max_rows=-1)])
 def test_bad_session_settings_are_refused(bad):
     with pytest.raises(ValueError):
         SessionConfig(**bad)
 
 
-@pytest.mark.parametrize("cores, batches, streams, threads, expected", [
-    (2, 2, 0, 0, (1, 1)),  # the server's default on 2 cores: two batches, one single-threaded stream each
-    (2, 1, 0, 0, (2, 1)),  # one batch: a stream per core
-    (16, 2, 0, 0, (8, 1)),
-    (16, 2, 2, 0, (2, 4)),  # fixed streams: the cores left go to threads
-    (16, 2, 0, 3, (8, 3)),
-    (1, 4, 0, 0, (1, 1)),  # never below one
+@pytest.mark.parametrize("cores, streams, threads, expected", [
+    (2, 0, 0, (2, 1)),  # the default on 2 cores: two single-threaded engines
+    (16, 0, 0, (16, 1)),
+    (16, 2, 0, (2, 8)),  # fixed streams: the cores left go to threads
+    (16, 0, 3, (16, 3)),
+    (1, 0, 0, (1, 1)),  # never below one
 ])
-def test_streams_and_threads_divide_the_cores_among_the_concurrent_batches(monkeypatch, cores, batches, streams,
-                                                                           threads, expected):
+def test_streams_and_threads_divide_the_cores(monkeypatch, cores, streams, threads, expected):
     monkeypatch.setattr(sessions, "available_cores", lambda: cores)
-    config = SessionConfig(device="cpu", streams=streams, intra_op_threads=threads, concurrent_batches=batches)
+    config = SessionConfig(device="cpu", streams=streams, intra_op_threads=threads)
     assert (config.cpu_streams(), config.cpu_threads()) == expected
+
+
+def test_rows_in_flight_default_by_device():
+    assert SessionConfig().rows_limit(sessions.CPU) == 128 and SessionConfig().rows_limit(sessions.CUDA) == 4096
+    assert SessionConfig(max_rows=24).rows_limit(sessions.CUDA) == 24
 
 
 def test_best_continuations_from_per_row_top_k_equal_a_full_top_k():
     """Each beam row's best 2K tokens always hold the sentence's best 2K of all K*V continuations."""
-    from server.runtime.decoding import best_continuations
+    from server.runtime.engine import best_continuations
 
     rng = np.random.default_rng(0)
     sentences, k, vocab = 5, 4, 50

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -289,7 +290,7 @@ def test_metrics_count_calls_by_method_and_code(server):
         text = page.read().decode()
     assert 'rosetta_requests_total{code="OK",method="Translate"}' in text
     assert 'rosetta_requests_total{code="INVALID_ARGUMENT",method="Translate"}' in text
-    assert "rosetta_batch_sentences_count" in text and "rosetta_generated_tokens_total" in text
+    assert "rosetta_decode_sentences_count" in text and "rosetta_generated_tokens_total" in text
     assert 'rosetta_model_loaded{model="tiny",precision="fp32",provider="CPUExecutionProvider",version="1"} 1.0' in text
     assert "rosetta_queue_sentences 0.0" in text
 
@@ -398,22 +399,23 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
 
 
 def test_a_full_queue_answers_resource_exhausted_and_says_how_full(service_repository):
-    """The only decoding slot busy with a long batch, a request waiting: one more that does not fit
-    gets RESOURCE_EXHAUSTED (it would fit later), and everything admitted is answered."""
-    s = Server(service_repository, "--max-queue-sentences", "300", "--concurrent-batches", "1")
+    """Room for one beam-16 sentence in flight, many waiting: a request that does not fit in the
+    queue gets RESOURCE_EXHAUSTED (it would fit later), and everything admitted is answered."""
+    s = Server(service_repository, "--max-queue-sentences", "300", "--max-rows", "16", "--streams", "1")
     try:
         texts = [source for source, _ in PAIRS]
         long_work = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(
-            texts=texts * 8, options=pb.DecodingOptions(beam_size=16, min_length=60)), timeout=300)
-        time.sleep(0.5)  # taken from the queue into the only decoding slot
+            texts=texts * 2, options=pb.DecodingOptions(beam_size=16, min_length=60)), timeout=300)
+        time.sleep(0.5)
         waiting = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(texts=texts * 6), timeout=300)
         time.sleep(0.2)
         error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=texts * 4), timeout=10)
-        assert not long_work.done(), "the slot should still be busy"
+        assert not long_work.done(), "the rows should still be busy"
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "192 of 300 sentences are waiting and the request has 128; retry later" in error.details()
+        queued = re.search(r"(\d+) of 300 sentences are waiting and the request has 128; retry later", error.details())
+        assert queued and int(queued.group(1)) + 128 > 300, error.details()
         assert [r.translation for r in waiting.result().translations] == [t for _, t in PAIRS] * 6
-        assert len(long_work.result().translations) == len(texts) * 8
+        assert len(long_work.result().translations) == len(texts) * 2
         assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
     finally:
         assert s.stop() == 0
@@ -422,13 +424,18 @@ def test_a_full_queue_answers_resource_exhausted_and_says_how_full(service_repos
 def test_expired_requests_get_deadline_exceeded_and_cost_nothing_after(server):
     texts = [source for source, _ in PAIRS] * 8
     long_work = pb.TranslateBatchRequest(texts=texts, options=pb.DecodingOptions(beam_size=8, min_length=50))
+    before = metric(server, "rosetta_abandoned_sentences_total")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        # Two long batches take both decoding slots (--concurrent-batches 2): the next call must queue.
-        busy = [pool.submit(server.stub.TranslateBatch, long_work, timeout=120) for _ in range(2)]
+        busy = pool.submit(server.stub.TranslateBatch, long_work, timeout=120)
         time.sleep(0.2)
-        error = error_of(server.stub.Translate, pb.TranslateRequest(text=PAIRS[0][0]), timeout=0.3)
+        error = error_of(server.stub.TranslateBatch, long_work, timeout=0.5)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert [len(b.result().translations) for b in busy] == [len(texts)] * 2
+        assert len(busy.result().translations) == len(texts)
+    waited = 0.0  # the expired request's sentences left the engines (or the queue) and were counted
+    while metric(server, "rosetta_abandoned_sentences_total") == before and waited < 60:
+        time.sleep(0.1)
+        waited += 0.1
+    assert metric(server, "rosetta_abandoned_sentences_total") > before
     assert server.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
 
 

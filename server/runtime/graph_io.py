@@ -9,8 +9,10 @@ encoder.onnx
 
 decoder.onnx (one step)
     in   tokens            int64   (batch, 1)             the previous token (BOS at step 0)
+         positions         int64   (batch,)               each row's cached tokens (<= past_len): the
+                                                          row's cache is the last `positions` columns
          source_mask       bool    (batch, source_len)    True at real source tokens
-         eos_allowed       bool    ()                     False while min_length is not reached
+         eos_allowed       bool    (batch,)               False while the row's min_length is not reached
          cross_key_{i}     float32 (batch, heads, source_len, head_dim)
          cross_value_{i}   float32 (batch, heads, source_len, head_dim)
          past_key_{i}      float32 (batch, heads, past_len, head_dim)
@@ -37,6 +39,6 @@ def encoder_names(layers: int) -> tuple[list[str], list[str]]:
 
 def decoder_names(layers: int) -> tuple[list[str], list[str]]:
     """The decoder step graph's input and output names."""
-    inputs = ["tokens", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
+    inputs = ["tokens", "positions", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
     outputs = ["logits", "top_log_probs", "top_ids", *cache_names("present", layers)]
     return inputs, outputs

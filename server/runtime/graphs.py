@@ -5,17 +5,16 @@ list of tensors, one (B, H, P, Dh) tensor per decoder layer. No torch here.
 
 Where the cache lives (SessionConfig.device_cache): as numpy arrays, or as ONNX Runtime values
 on the execution device. On CUDA it stays on the GPU from step to step through I/O binding:
-each step's `present_*` outputs are bound as the next step's `past_*` inputs, beams reorder
-its rows with a small gather graph on the device, and only the best tokens and their scores
-come back to the host. The decode loop (server/runtime/decoding.py) never looks inside a cache; it
-reorders one only through `rows`, so both placements share that one loop.
+each step's `present_*` outputs are bound as the next step's `past_*` inputs, rows are
+reordered, trimmed and joined by small graphs on the device, and only the best tokens and
+their scores come back to the host. The decode loop (server/runtime/engine.py) never looks inside
+a cache; it changes one only through `select` and `join`, so both placements share that loop.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,20 +38,72 @@ class StepOutput:
     values: Cache
 
 
-def row_gather_graph(count: int, dtype: np.dtype) -> bytes:
-    """A graph taking `rows` (N,) int64 and `count` tensors, returning each tensor's rows in that order."""
+def _graph(nodes: list, inputs: list, outputs: list, name: str) -> bytes:
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9  # what ONNX Runtime releases of the last two years all read
+    return model.SerializeToString()
+
+
+def select_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `rows` (N,) int64, `columns` (2,) int64 [start, stop) and `count` tensors
+    (B, H, P, Dh): each tensor's rows in that order, columns start..stop-1 of its axis 2."""
     from onnx import TensorProto, helper
 
     element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    graph = helper.make_graph(
-        [helper.make_node("Gather", [f"x{i}", "rows"], [f"y{i}"], axis=0) for i in range(count)],
-        "row_gather",
-        [helper.make_tensor_value_info("rows", TensorProto.INT64, ["n"]),
-         *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count))],
-        [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9  # what ONNX Runtime releases of the last two years all read
-    return model.SerializeToString()
+    nodes = [helper.make_node("Constant", [], ["zero"], value_ints=[0]),
+             helper.make_node("Constant", [], ["one"], value_ints=[1]),
+             helper.make_node("Constant", [], ["two"], value_ints=[2]),
+             helper.make_node("Slice", ["columns", "zero", "one"], ["start"]),
+             helper.make_node("Slice", ["columns", "one", "two"], ["stop"]),
+             helper.make_node("Constant", [], ["axis"], value_ints=[2])]
+    for i in range(count):
+        nodes += [helper.make_node("Gather", [f"x{i}", "rows"], [f"g{i}"], axis=0),
+                  helper.make_node("Slice", [f"g{i}", "start", "stop", "axis"], [f"y{i}"])]
+    return _graph(nodes,
+                  [helper.make_tensor_value_info("rows", TensorProto.INT64, ["n"]),
+                   helper.make_tensor_value_info("columns", TensorProto.INT64, [2]),
+                   *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "select")
+
+
+def join_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `count` pairs of tensors a_i (A, H, Pa, Dh), b_i (B, H, Pb, Dh) and their
+    zero paddings along axis 2, `pad_a` and `pad_b` (8,) int64 in ONNX Pad order: each pair
+    padded to one width and stacked, a's rows first."""
+    from onnx import TensorProto, helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = []
+    for i in range(count):
+        nodes += [helper.make_node("Pad", [f"a{i}", "pad_a"], [f"pa{i}"]),
+                  helper.make_node("Pad", [f"b{i}", "pad_b"], [f"pb{i}"]),
+                  helper.make_node("Concat", [f"pa{i}", f"pb{i}"], [f"y{i}"], axis=0)]
+    return _graph(nodes,
+                  [helper.make_tensor_value_info("pad_a", TensorProto.INT64, [8]),
+                   helper.make_tensor_value_info("pad_b", TensorProto.INT64, [8]),
+                   *(helper.make_tensor_value_info(f"a{i}", element, None) for i in range(count)),
+                   *(helper.make_tensor_value_info(f"b{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "join")
+
+
+def write_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `rows` (N, 1) int64, `count` tensors x_i (B, H, P, Dh) and as many u_i
+    (N, H, P, Dh): each x_i with its rows `rows` replaced by u_i's."""
+    from onnx import TensorProto, helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return _graph([helper.make_node("ScatterND", [f"x{i}", "rows", f"u{i}"], [f"y{i}"]) for i in range(count)],
+                  [helper.make_tensor_value_info("rows", TensorProto.INT64, ["n", 1]),
+                   *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count)),
+                   *(helper.make_tensor_value_info(f"u{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "write")
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
 
 
 class OnnxGraphs:
@@ -74,11 +125,10 @@ class OnnxGraphs:
         on_cuda = self.provider == CUDA
         self.device_cache = on_cuda if session_config.device_cache is None else session_config.device_cache
         self._device = ("cuda", 0) if on_cuda else ("cpu", 0)
-        self._gathers: dict[int, ort.InferenceSession] = {}  # by tensor count, built on first use
-        self._gathers_lock = threading.Lock()
-        # Parts of one batch decoded at once (SessionConfig.streams); their threads live here.
+        self._cache_ops: dict[tuple[str, int], ort.InferenceSession] = {}  # built on first use
+        self._cache_ops_lock = threading.Lock()
+        # Decoding streams: engines decoding at the same time on these sessions, one thread each.
         self.streams = session_config.streams or (1 if on_cuda else session_config.cpu_streams())
-        self.pool = ThreadPoolExecutor(self.streams, thread_name_prefix="stream") if self.streams > 1 else None
 
     @property
     def provider(self) -> str:
@@ -112,59 +162,119 @@ class OnnxGraphs:
         return outputs[:layers], outputs[layers:]
 
     def empty_cache(self, batch: int) -> tuple[Cache, Cache]:
-        """The cache before the first step (past_len 0). Empty host arrays on every device: binding
-        one copies nothing."""
+        """A self-attention cache holding no positions. Empty host arrays on every device:
+        binding one copies nothing."""
         c = self.config
         shape = (batch, c.heads, 0, c.head_dim)
         return ([np.zeros(shape, self.dtype) for _ in range(c.decoder_layers)],
                 [np.zeros(shape, self.dtype) for _ in range(c.decoder_layers)])
 
-    def rows(self, index: Sequence[int] | np.ndarray, *caches: Cache) -> tuple[Cache, ...]:
-        """Each cache's batch rows `index`, in that order: beams reordered, finished rows dropped.
+    def select(self, cache: Cache, rows: Sequence[int] | np.ndarray, columns: tuple[int, int] | None = None) -> Cache:
+        """The cache's batch rows `rows` in that order (beams reordered, finished rows dropped),
+        and of its axis 2 (cached positions or source tokens) the columns [start, stop).
 
-        An index that keeps every row in place returns the caches as they are, copying nothing.
+        Selecting every row in place and every column returns the cache as it is, copying nothing.
         """
-        index = np.asarray(index, dtype=np.int64)
-        tensors = [t for cache in caches for t in cache]
-        if not tensors:
-            return caches
-        first = tensors[0]
-        batch = first.shape[0] if isinstance(first, np.ndarray) else first.shape()[0]
-        if len(index) == batch and np.array_equal(index, np.arange(batch)):
-            return caches
-        if isinstance(first, np.ndarray):
-            gathered = [t[index] for t in tensors]
-        else:
-            names = [f"x{i}" for i in range(len(tensors))]
-            gathered = self._run(self._gather(len(tensors)), {"rows": index, **dict(zip(names, tensors))}, [],
-                                 [f"y{i}" for i in range(len(tensors))])
-        out, start = [], 0
-        for cache in caches:
-            out.append(gathered[start: start + len(cache)])
-            start += len(cache)
-        return tuple(out)
+        if not cache:
+            return cache
+        rows = np.asarray(rows, dtype=np.int64)
+        batch, _, width, _ = _shape(cache[0])
+        start, stop = columns or (0, width)
+        if (start, stop) == (0, width) and len(rows) == batch and np.array_equal(rows, np.arange(batch)):
+            return cache
+        if isinstance(cache[0], np.ndarray):
+            return [np.take(t[:, :, start:stop], rows, axis=0) for t in cache]
+        feeds = {"rows": rows, "columns": np.array([start, stop], dtype=np.int64)}
+        feeds.update((f"x{i}", t) for i, t in enumerate(cache))
+        return self._run(self._cache_op("select", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
 
-    def _gather(self, count: int) -> ort.InferenceSession:
-        with self._gathers_lock:
-            if count not in self._gathers:
-                self._gathers[count] = create_session(row_gather_graph(count, self.dtype), self.session_config)
-            return self._gathers[count]
+    def join(self, first: Cache, second: Cache, width: int, *, pad_left: bool) -> Cache:
+        """The rows of `first` then those of `second`, each padded with zeros along axis 2 to
+        `width` columns: on the left for self-attention caches (a row's positions are its last
+        columns), on the right for cross-attention caches (source tokens come first)."""
+        if isinstance(first[0], np.ndarray) and isinstance(second[0], np.ndarray):
+            return [self._join_arrays(a, b, width, pad_left) for a, b in zip(first, second)]
+        pads = [np.array([0, 0, width - _shape(t[0])[2] if pad_left else 0, 0,
+                          0, 0, 0 if pad_left else width - _shape(t[0])[2], 0], dtype=np.int64) for t in (first, second)]
+        feeds = {"pad_a": pads[0], "pad_b": pads[1]}
+        feeds.update((f"a{i}", t) for i, t in enumerate(first))
+        feeds.update((f"b{i}", t) for i, t in enumerate(second))
+        return self._run(self._cache_op("join", len(first)), feeds, [], [f"y{i}" for i in range(len(first))])
 
-    def _inputs(self, tokens: np.ndarray, cross_keys: Cache, cross_values: Cache, source_mask: np.ndarray,
-                past_keys: Cache, past_values: Cache, eos_allowed: bool) -> dict[str, Tensor]:
-        feeds = {"tokens": tokens, "source_mask": source_mask, "eos_allowed": np.array(eos_allowed)}
+    def write(self, cache: Cache, rows: np.ndarray, new: Cache) -> Cache:
+        """The cache with its batch rows `rows` replaced by `new`'s rows (zero-padded along axis
+        2 to the cache's width): host arrays in place, device values by a scatter graph."""
+        if isinstance(cache[0], np.ndarray) and isinstance(new[0], np.ndarray):
+            for t, n in zip(cache, new):
+                t[rows] = 0
+                t[rows, :, : n.shape[2]] = n
+            return cache
+        width = _shape(cache[0])[2]
+        if _shape(new[0])[2] != width:
+            nothing = [np.zeros((0, *_shape(t)[1:2], 0, *_shape(t)[3:]), self.dtype) for t in new]
+            new = self.join(new, nothing, width, pad_left=False)
+        feeds = {"rows": np.asarray(rows, np.int64).reshape(-1, 1)}
+        feeds.update((f"x{i}", t) for i, t in enumerate(cache))
+        feeds.update((f"u{i}", t) for i, t in enumerate(new))
+        return self._run(self._cache_op("write", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
+
+    def regroup(self, cache: Cache, rows: Sequence[int], columns: tuple[int, int], new: Cache | None, width: int, *,
+                pad_left: bool) -> Cache:
+        """`join(select(cache, rows, columns), new, width)`, or just the `select` without `new`;
+        on host arrays in one copy of each tensor."""
+        if new is None:
+            return self.select(cache, rows, columns)
+        if not cache or not isinstance(cache[0], np.ndarray) or not isinstance(new[0], np.ndarray):
+            return self.join(self.select(cache, rows, columns), new, width, pad_left=pad_left)
+        rows = np.asarray(rows, dtype=np.int64)
+        start, stop = columns
+        out = []
+        for old, added in zip(cache, new):
+            t = np.zeros((len(rows) + added.shape[0], old.shape[1], width, old.shape[3]), old.dtype)
+            kept = slice(width - (stop - start), width) if pad_left else slice(0, stop - start)
+            if kept == slice(0, width):
+                np.take(old[:, :, start:stop], rows, axis=0, out=t[: len(rows)], mode="clip")
+            else:
+                t[: len(rows), :, kept] = np.take(old[:, :, start:stop], rows, axis=0)
+            if pad_left:
+                t[len(rows):, :, width - added.shape[2]:] = added
+            else:
+                t[len(rows):, :, : added.shape[2]] = added
+            out.append(t)
+        return out
+
+    @staticmethod
+    def _join_arrays(a: np.ndarray, b: np.ndarray, width: int, pad_left: bool) -> np.ndarray:
+        out = np.zeros((a.shape[0] + b.shape[0], a.shape[1], width, a.shape[3]), a.dtype)
+        for rows, t in ((slice(0, a.shape[0]), a), (slice(a.shape[0], None), b)):
+            columns = slice(width - t.shape[2], width) if pad_left else slice(0, t.shape[2])
+            out[rows, :, columns] = t
+        return out
+
+    def _cache_op(self, kind: str, count: int) -> ort.InferenceSession:
+        with self._cache_ops_lock:
+            if (kind, count) not in self._cache_ops:
+                build = {"select": select_graph, "join": join_graph, "write": write_graph}[kind]
+                self._cache_ops[kind, count] = create_session(build(count, self.dtype), self.session_config)
+            return self._cache_ops[kind, count]
+
+    def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
+                cross_values: Cache, source_mask: np.ndarray, past_keys: Cache, past_values: Cache) -> dict[str, Tensor]:
+        feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed}
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
         feeds.update(zip(self._past_names, [*past_keys, *past_values]))
         return feeds
 
-    def step(self, tokens: np.ndarray, cross_keys: Cache, cross_values: Cache, source_mask: np.ndarray,
-             past_keys: Cache, past_values: Cache, eos_allowed: bool) -> StepOutput:
-        """One decoder step for tokens (B, 1) after past_len cached positions.
+    def step(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
+             cross_values: Cache, source_mask: np.ndarray, past_keys: Cache, past_values: Cache) -> StepOutput:
+        """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the last
+        columns of the (B, H, P, Dh) cache.
 
-        The graph applies the decoding rules (no PAD or BOS; EOS only if `eos_allowed`) and
+        The graph applies the decoding rules (no PAD or BOS; EOS only where `eos_allowed`) and
         returns each row's best tokens; the full logits are not fetched.
         """
-        feeds = self._inputs(tokens, cross_keys, cross_values, source_mask, past_keys, past_values, eos_allowed)
+        feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, past_keys,
+                             past_values)
         top_log_probs, top_ids, *cache = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"],
                                                    self._present_names)
         layers = self.config.decoder_layers

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model.search import DecodeOptions
-from server.runtime.decoding import translate_ids
+from server.runtime.engine import translate_ids
 from server.runtime.graphs import OnnxGraphs
 
 PROBES_FILE = "probes.json"

@@ -25,7 +25,7 @@ from server.runtime.confidence import Calibration
 from server.runtime.parity_report import ParityReport
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the decoder step takes per-row positions (export/graphs.py)
 
 
 class ModelVersionError(Exception):
@@ -66,6 +66,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
+        if data.get("format") == 1:
+            raise ModelVersionError("manifest format 1: its decoder graph predates per-row positions, which "
+                                    "step-level batching needs; export the version again with rosetta-export")
         if data.get("format") != MANIFEST_FORMAT:
             raise ModelVersionError(f"manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}")
         data["parity"] = ParityReport.from_dict(data["parity"]) if data.get("parity") else None

@@ -23,6 +23,8 @@ log = logging.getLogger("rosetta.sessions")
 DEVICES = ("auto", "cuda", "cpu")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Rows in flight by default (SessionConfig.max_rows), by the provider that runs the graphs.
+DEFAULT_ROWS = {CPU: 128, CUDA: 4096}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -39,16 +41,18 @@ class SessionConfig:
     """How graphs are run.
 
     device: "auto" (CUDA when usable, else CPU), "cuda" (an error without a usable GPU) or "cpu".
-    streams: a batch is split into this many parts, decoded at the same time on the same sessions
-        (one Python thread each); 0 = one per core on the CPU (the cores divided among the
-        concurrent batches), 1 on CUDA. On CPUs several
-        single-threaded streams beat one multi-threaded one: a decoder step's matrices are
-        small, and intra-op threads spend much of each step waiting for each other
-        (docs/benchmarks.md: 1.05x to 1.3x at batch 32 on 2 cores; for one fp32 row, where
-        there is nothing to split, two threads on the one stream are faster).
+    streams: engines decoding at the same time on the same sessions, one thread each, each with
+        its own rows in flight (server/runtime/engine.py); 0 = one per core on the CPU, 1 on
+        CUDA. On CPUs several single-threaded streams beat one multi-threaded one: a decoder
+        step's matrices are small, and intra-op threads spend much of each step waiting for
+        each other (docs/benchmarks.md: 1.05x to 1.3x at batch 32 on 2 cores; for one fp32
+        row, where there is nothing to split, two threads on the one stream are faster).
     intra_op_threads: threads inside one operator; 0 = the cores divided among the streams.
-    concurrent_batches: batches that the caller decodes at the same time on these sessions (the
-        server's --concurrent-batches); the defaults above give each decoding thread a core.
+    max_rows: rows (sentences x beams) in flight at most in a version's long-lived scheduler
+        (the server's), shared among the streams; 0 = the device's default (`DEFAULT_ROWS`):
+        tens on a few CPU cores, where a step's time grows with its rows and a short request
+        should not wait behind long steps; thousands on a GPU, where a step costs about the
+        same for 1 row or 1,000.
     inter_op_threads: operators run in parallel; decoder graphs are a chain, so 1.
     spinning: let idle intra-op threads spin. Off: the Python decode loop leaves gaps between
         graph calls, and spinning threads would burn the cores that the loop needs.
@@ -66,21 +70,24 @@ class SessionConfig:
     spinning: bool = False
     optimization: str = "all"
     device_cache: bool | None = None
-    concurrent_batches: int = 1
+    max_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.optimization not in _LEVELS:
             raise ValueError(f"optimization must be one of {sorted(_LEVELS)}, got {self.optimization!r}")
-        if self.streams < 0 or self.intra_op_threads < 0 or self.inter_op_threads < 1 or self.concurrent_batches < 1:
-            raise ValueError("streams and intra_op_threads must be >= 0, inter_op_threads and concurrent_batches >= 1")
+        if min(self.streams, self.intra_op_threads, self.max_rows) < 0 or self.inter_op_threads < 1:
+            raise ValueError("streams, intra_op_threads and max_rows must be >= 0, inter_op_threads >= 1")
 
     def cpu_streams(self) -> int:
-        return self.streams or max(1, available_cores() // self.concurrent_batches)
+        return self.streams or available_cores()
 
     def cpu_threads(self) -> int:
-        return self.intra_op_threads or max(1, available_cores() // (self.concurrent_batches * self.cpu_streams()))
+        return self.intra_op_threads or max(1, available_cores() // self.cpu_streams())
+
+    def rows_limit(self, provider: str) -> int:
+        return self.max_rows or DEFAULT_ROWS[provider]
 
 
 _LEVELS = {

@@ -1,6 +1,6 @@
 """Text in, text out: a model version's tokenizer and graphs behind one call.
 
-    translator = Translator("models/en-es/3")
+    translator = Translator("models/en-es/5")
     translator.translate(["Hello world."], beam_size=4)
 
 Resources (sessions, tokenizer) are loaded once, in the constructor; decoding options are
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions, Hypothesis
 from model.tokenizer import Tokenizer
-from server.runtime.decoding import Abandoned, translate_ids
+from server.runtime.engine import Abandoned, Scheduler, translate_ids
 from server.runtime.graphs import OnnxGraphs
 from server.runtime.repository import Manifest
 from server.runtime.sessions import SessionConfig
@@ -38,6 +38,9 @@ class Translator:
         self.graphs = OnnxGraphs(version_dir, session_config, manifest=manifest)
         self.manifest = self.graphs.manifest
         self.tokenizer = Tokenizer.load(self.graphs.dir / self.manifest.tokenizer)
+        # The long-lived scheduler that concurrent callers (the service) share; its engines'
+        # threads run only while there is work.
+        self.scheduler = Scheduler(self.graphs, max_rows=session_config.rows_limit(self.provider))
 
     @property
     def provider(self) -> str:
@@ -64,8 +67,8 @@ class Translator:
         beam_size: 1 = greedy search. length_penalty: scores are log p / length**length_penalty.
         min_length / max_length: generated tokens (max_length None = twice the source plus 10).
         n_best: translations returned per text (at most beam_size).
-        batch_size: sentences decoded together; texts are grouped by length to limit padding.
-        on_batch: called with the number of texts after each batch (progress reporting).
+        batch_size: sentences in flight at most; shorter texts are admitted first.
+        on_batch: called with the number of texts as they finish (progress reporting).
         """
         options = DecodeOptions(beam_size=beam_size, length_penalty=length_penalty, min_length=min_length,
                                 max_length=max_length, n_best=n_best)
@@ -76,7 +79,7 @@ class Translator:
                       abandoned: Abandoned | None = None,
                       on_batch: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
         """Hypotheses for encoded sentences, in order: the runtime's one batch entry point
-        (server/runtime/decoding.py). abandoned(i): nobody waits for sentence i any more."""
+        (server/runtime/engine.py). abandoned(i): nobody waits for sentence i any more."""
         return translate_ids(self.graphs, ids, options, max_batch=max_batch, abandoned=abandoned, on_batch=on_batch)
 
     def text_job(self, text: str, *, options: TextOptions = TextOptions(), n_best: int = 1,

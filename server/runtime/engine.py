@@ -1,0 +1,465 @@
+"""The decode loop: step-level (continuous) batching over one model version's graphs.
+
+An `Engine` holds the rows in flight (sentences x beams) in one key/value cache and advances
+them together, one decoder step at a time. Between two steps finished sentences leave and
+waiting ones join, their sources encoded as they join: a sentence never waits for a batch to
+end, and a batch never waits for its longest sentence with idle rows. Each row carries its own
+position (the decoder step takes per-row positions over a left-padded cache, export/graphs.py),
+EOS rule and output budget, and each sentence its own options (beam size, length penalty,
+min/max length, n-best), so sentences with different options share steps.
+
+A `Scheduler` feeds `streams` engines from one queue of waiting sentences, lowest `priority`
+first. Each engine decodes in its own thread, started when there is work and ended when there
+is none, so an idle or unloaded version holds no thread. On CPUs several single-threaded
+engines beat one multi-threaded one (docs/benchmarks.md); on CUDA there is one.
+
+A sentence's translation never depends on what else is in flight or when it joined: its rows
+are computed as they would be alone, up to the order in which kernels sum (tests check
+token identity, alone against joined among 200 others). The search rules are model/search.py's,
+which the PyTorch reference decoder (model/decoding.py) shares, so the two are token-identical
+in fp32 (the export's parity gate). A sentence whose caller has gone (`abandoned`, asked at
+every step) leaves at the next step. No torch here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
+from server.runtime.graphs import Cache, OnnxGraphs
+
+log = logging.getLogger("rosetta.engine")
+
+# What a finished sentence receives: its hypotheses, best first (an empty list when it was
+# abandoned), or the error that stopped its engine.
+Result = list[Hypothesis] | Exception
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(eq=False)
+class Sentence:
+    """One sentence to translate, and where its result goes.
+
+    ids: EOS-terminated source ids. done: called once with the Result, from a decoding thread.
+    abandoned: nobody waits for the result any more (cancelled, deadline passed).
+    priority: admission order, lowest first.
+    """
+
+    ids: Sequence[int]
+    options: DecodeOptions
+    done: Callable[[Result], None]
+    abandoned: Callable[[], bool] = _never
+    priority: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.options.beam_size
+
+
+@dataclass(eq=False)
+class _Live:
+    """A sentence in an engine: its search and how many tokens it has generated."""
+
+    sentence: Sentence
+    limit: int  # output budget, EOS included
+    source_length: int
+    step: int = 0
+    greedy: SentenceGreedy | None = None
+    beams: SentenceBeams | None = None
+    beam_scores: list[float] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # the engine's rows it holds, one per beam
+
+    @classmethod
+    def start(cls, sentence: Sentence, max_positions: int) -> _Live:
+        k = sentence.options.beam_size
+        live = cls(sentence, sentence.options.target_limit(len(sentence.ids), max_positions), len(sentence.ids))
+        if k == 1:
+            live.greedy = SentenceGreedy()
+        else:  # only beam 0 is real at the start; the others would duplicate it
+            live.beams, live.beam_scores = SentenceBeams(k), [0.0] + [-math.inf] * (k - 1)
+        return live
+
+    @property
+    def rows(self) -> int:
+        return self.sentence.options.beam_size
+
+    def result(self) -> list[Hypothesis]:
+        options = self.sentence.options
+        if self.greedy is not None:
+            return [self.greedy.hypothesis(self.limit, options.length_penalty)]
+        return self.beams.n_best(options.n_best)
+
+
+class Engine:
+    """The rows in flight on one stream, and the step that advances them.
+
+    Rows are slots: a sentence holds one slot per beam for its whole life, so its source's
+    cross-attention cache is written once, when it joins, and never moved; beams reorder the
+    self-attention cache, which each step copies anyway. A finished sentence leaves its slots
+    free for the next one to join (its cache entries are masked out by position and source
+    mask, never read); free slots are dropped when they are more than a quarter of all.
+    """
+
+    def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
+        self.graphs = graphs
+        self.max_rows = max_rows
+        self._clear()
+
+    def _clear(self) -> None:
+        self.live: list[_Live] = []
+        self.rows = 0  # slots held by sentences
+        self._owner: list[_Live | None] = []  # each slot's sentence; None: free
+        self._held = np.zeros(0, bool)  # the same, as a mask
+        self._tokens = np.zeros((0, 1), np.int64)
+        self._positions = np.zeros(0, np.int64)  # each slot's cached tokens
+        self._source_mask = np.zeros((0, 0), bool)
+        self._cross: tuple[Cache, Cache] = ([], [])
+        self._past: tuple[Cache, Cache] = ([], [])
+        self._origins: np.ndarray | None = None  # after a step: the slot each slot continues (beams)
+
+    @property
+    def free_rows(self) -> int:
+        return self.max_rows - self.rows
+
+    def step(self, joining: Sequence[Sentence] = ()) -> None:
+        """Admit `joining`, then give every sentence in flight its next token."""
+        self._arrange(joining)
+        if not self.live:
+            return
+        eos_allowed = np.zeros(len(self._owner), bool)
+        for live in self.live:
+            eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
+        out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
+                               *self._past)
+        self._past = (out.keys, out.values)
+        self._advance(out.top_log_probs, out.top_ids)
+
+    def fail(self, error: Exception) -> None:
+        """Settle every sentence in flight with `error` and start afresh."""
+        for live in self.live:
+            live.sentence.done(error)
+        self._clear()
+
+    def _advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray) -> None:
+        """Apply one step's best tokens to every sentence; finished ones free their slots."""
+        c = self.graphs.config
+        candidates = self._beam_candidates(top_log_probs, top_ids)
+        best_ids, best_log_probs = top_ids[:, 0].tolist(), top_log_probs[:, 0].tolist()
+        origins = np.arange(len(self._owner))
+        tokens = self._tokens[:, 0].copy()
+        going_on: list[_Live] = []
+        for live in self.live:
+            live.step += 1
+            if live.sentence.abandoned():
+                done: list[Hypothesis] | None = []
+            elif live.greedy is not None:
+                slot = live.slots[0]
+                going = live.greedy.advance(best_ids[slot], best_log_probs[slot], live.step, live.limit, c.eos_id)
+                tokens[slot] = best_ids[slot]
+                done = None if going else live.result()
+            else:
+                scores, flat = candidates[id(live)]
+                beams = live.beams.advance(scores, flat, c.vocab_size, live.step, live.limit, live.sentence.options,
+                                           c.eos_id)
+                if beams is not None:
+                    origins[live.slots] = [live.slots[origin] for origin, _, _ in beams]
+                    tokens[live.slots] = [token for _, token, _ in beams]
+                    live.beam_scores = [score for _, _, score in beams]
+                done = None if beams is not None else live.result()
+            if done is None:
+                going_on.append(live)
+            else:
+                live.sentence.done(done)
+                for slot in live.slots:
+                    self._owner[slot] = None
+                self._held[live.slots] = False
+        self._origins = None if np.array_equal(origins, np.arange(len(origins))) else origins
+        self._positions = np.where(self._held, self._positions[origins] + 1, 0)  # free slots: nothing cached
+        self._tokens = tokens.reshape(-1, 1)
+        self.live = going_on
+        self.rows = sum(live.rows for live in going_on)
+
+    def _arrange(self, joining: Sequence[Sentence]) -> None:
+        """The slots of the next step: beams' caches reordered, newcomers in free slots (or new
+        ones), free slots dropped when there are many; each cache copied at most once."""
+        owner = self._owner
+        wanted = sum(s.rows for s in joining)
+        compact = len(owner) - self.rows - wanted > len(owner) // 4  # many free slots: keep only the held ones
+        if not (joining or compact):
+            if self.live:
+                self._reorder_past()
+                self._narrow_cross()
+            else:
+                self._clear()
+            return
+        free = np.flatnonzero(~self._held).tolist()
+        layout = np.arange(len(owner))  # the old slot of each slot
+        if compact:
+            layout, free = np.flatnonzero(self._held), []
+        added = max(0, wanted - len(free))
+        renumber = {int(old): new for new, old in enumerate(layout)}
+        for live in self.live:
+            live.slots = [renumber[slot] for slot in live.slots]
+        free = [renumber[slot] for slot in free] + list(range(len(layout), len(layout) + added))
+        slots = len(layout) + added
+        past_from = layout if self._origins is None else self._origins[layout]
+        positions = np.concatenate([self._positions[layout], np.zeros(added, np.int64)])
+        self._past = self._arranged_past(past_from, int(positions.max(initial=0)), added)
+        self._origins = None
+        source_width = max([live.source_length for live in self.live] + [len(s.ids) for s in joining], default=0)
+        self._cross = tuple(self._arranged_cross(cache, layout, added, source_width) for cache in self._cross)
+        mask = np.zeros((slots, _width(self._cross[0][0]) if self._cross[0] else source_width), bool)
+        old_mask = self._source_mask[layout, : mask.shape[1]]
+        mask[: len(layout), : old_mask.shape[1]] = old_mask
+        self._source_mask = mask
+        self._positions = positions
+        self._tokens = np.concatenate([self._tokens[layout], np.zeros((added, 1), np.int64)])
+        self._owner = [owner[slot] for slot in layout] + [None] * added
+        self._held = np.concatenate([self._held[layout], np.zeros(added, bool)])
+        if joining:
+            self._admit(joining, free)
+        if not self.live:
+            self._clear()
+
+    def _reorder_past(self) -> None:
+        """Only the beams' reordering, and trimming where a third of the columns is unused."""
+        present, width = _width(self._past[0][0]), int(self._positions.max())
+        if self._origins is not None or 3 * (present - width) > present:
+            rows = np.arange(len(self._owner)) if self._origins is None else self._origins
+            self._past = tuple(self.graphs.select(cache, rows, (present - width, present)) for cache in self._past)
+            self._origins = None
+
+    def _narrow_cross(self) -> None:
+        """Drop the source columns that no sentence needs any more, once they are a third."""
+        current, needed = _width(self._cross[0][0]), max(live.source_length for live in self.live)
+        if 3 * (current - needed) > current:
+            rows = np.arange(len(self._owner))
+            self._cross = tuple(self.graphs.select(cache, rows, (0, needed)) for cache in self._cross)
+            self._source_mask = self._source_mask[:, :needed]
+
+    def _arranged_past(self, rows: np.ndarray, width: int, added: int) -> tuple[Cache, Cache]:
+        """The self-attention cache of each kept slot (beams: of its origin), trimmed to `width`
+        columns where the copy is made anyway (or a third of them is unused), with `added`
+        empty slots after them."""
+        g = self.graphs
+        if not self._past[0]:
+            return g.empty_cache(added)
+        present = _width(self._past[0][0])
+        copying = added or not np.array_equal(rows, np.arange(len(rows))) or len(rows) != _shape(self._past[0][0])[0]
+        keep = width if copying or 3 * (present - width) > present else present
+        new = g.empty_cache(added) if added else (None, None)
+        return tuple(g.regroup(cache, rows, (present - keep, present), extra, keep, pad_left=True)
+                     for cache, extra in zip(self._past, new))
+
+    def _arranged_cross(self, cache: Cache, layout: np.ndarray, added: int, width: int) -> Cache:
+        """The cross-attention cache of the kept slots, widened or narrowed to `width` source
+        tokens where needed (narrowed only when copying anyway), with `added` slots after them."""
+        g = self.graphs
+        if not cache:
+            return cache
+        current = _width(cache[0])
+        moving = len(layout) != _shape(cache[0])[0] or not np.array_equal(layout, np.arange(len(layout)))
+        target = width if (moving or width > current or 3 * (current - width) > current) else current
+        if added or target > current:
+            zeros = [np.zeros((added,) + _shape(t)[1:2] + (0,) + _shape(t)[3:], g.dtype) for t in cache]
+            return g.regroup(cache, layout, (0, min(current, target)), zeros, target, pad_left=False)
+        return g.select(cache, layout, (0, target))
+
+    def _admit(self, joining: Sequence[Sentence], free: list[int]) -> None:
+        """Encode the newcomers and write them into free slots (K per sentence)."""
+        g, c = self.graphs, self.graphs.config
+        source = pad_ids([s.ids for s in joining], c.pad_id)
+        repeat = np.repeat(np.arange(len(joining)), [s.rows for s in joining])
+        slots = np.array(free[: len(repeat)], np.int64)
+        encoded = g.encode(source)
+        self._cross = tuple(g.write(cache, slots, g.select(new, repeat)) for cache, new in zip(self._cross, encoded)) \
+            if self._cross[0] else tuple(g.select(new, repeat) for new in encoded)
+        self._source_mask[slots] = False
+        self._source_mask[slots, : source.shape[1]] = (source != c.pad_id)[repeat]
+        self._positions[slots] = 0
+        self._tokens[slots] = c.bos_id
+        start = 0
+        for sentence in joining:
+            live = _Live.start(sentence, c.max_positions)
+            live.slots = slots[start: start + sentence.rows].tolist()
+            start += sentence.rows
+            for slot in live.slots:
+                self._owner[slot] = live
+            self._held[live.slots] = True
+            self.live.append(live)
+        self.rows += len(repeat)
+
+    def _beam_candidates(self, top_log_probs: np.ndarray,
+                         top_ids: np.ndarray) -> dict[int, tuple[list[float], list[int]]]:
+        """Each beam sentence's best 2K continuations (scores, flat indices origin * V + token),
+        ranked for all sentences of one beam size at once."""
+        by_size: dict[int, list[_Live]] = {}
+        for live in self.live:
+            if live.beams is not None:
+                by_size.setdefault(live.rows, []).append(live)
+        out = {}
+        for k, group in by_size.items():
+            rows = np.array([slot for live in group for slot in live.slots])
+            beam_scores = np.array([live.beam_scores for live in group], np.float32)
+            scores, flat = best_continuations(beam_scores, top_log_probs[rows], top_ids[rows],
+                                              self.graphs.config.vocab_size, 2 * k)
+            for live, s, f in zip(group, scores.tolist(), flat.tolist()):
+                out[id(live)] = (s, f)
+        return out
+
+
+def _shape(tensor: np.ndarray | object) -> tuple[int, ...]:
+    """A cache tensor's shape, host array or device value."""
+    return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
+
+
+def _width(tensor: np.ndarray | object) -> int:
+    """Axis 2 of a cache tensor (cached positions or source tokens)."""
+    return _shape(tensor)[2]
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:
+    """Right-pad id lists into a (B, max_len) int64 array."""
+    out = np.full((len(sequences), max(len(s) for s in sequences)), pad_id, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+def best_continuations(beam_scores: np.ndarray, top_log_probs: np.ndarray, top_ids: np.ndarray, vocab: int,
+                       n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best continuations of each sentence's beams, best first.
+
+    beam_scores: (S, K); top_log_probs, top_ids: (S*K, >= n), each beam row's best tokens.
+    Returns scores and flat indices origin_beam * V + token, (S, n) each; equal scores rank by
+    flat index, as a top-k over all K*V continuations would.
+    """
+    sentences, k = beam_scores.shape
+    scores = (beam_scores[:, :, None] + top_log_probs[:, :n].reshape(sentences, k, n)).reshape(sentences, k * n)
+    flat = (np.arange(k)[None, :, None] * vocab + top_ids[:, :n].reshape(sentences, k, n)).reshape(sentences, k * n)
+    order = np.lexsort((flat, -scores), axis=-1)[:, :n]
+    return np.take_along_axis(scores, order, axis=-1), np.take_along_axis(flat, order, axis=-1)
+
+
+class Scheduler:
+    """Waiting sentences, lowest priority first, and the engines that decode them.
+
+    max_rows: rows (sentences x beams) in flight at most, shared among `streams` engines
+    (graphs.streams by default). A sentence wider than an engine's share is admitted alone.
+    """
+
+    def __init__(self, graphs: OnnxGraphs, *, max_rows: int, streams: int | None = None) -> None:
+        streams = max(1, min(streams or graphs.streams, max_rows))
+        self.engines = [Engine(graphs, -(-max_rows // streams)) for _ in range(streams)]
+        self._waiting: list[tuple[float, int, Sentence]] = []  # a heap
+        self._order = itertools.count()  # equal priorities keep their arrival order
+        self._changed = threading.Lock()
+        self._threads: list[threading.Thread | None] = [None] * streams
+
+    @property
+    def waiting(self) -> int:
+        """Sentences submitted and not yet admitted into an engine."""
+        return len(self._waiting)
+
+    @property
+    def rows_in_flight(self) -> int:
+        return sum(engine.rows for engine in self.engines)
+
+    def submit(self, sentences: Iterable[Sentence]) -> None:
+        """Queue sentences; each one's `done` is called when it is translated."""
+        with self._changed:
+            for sentence in sentences:
+                heapq.heappush(self._waiting, (sentence.priority, next(self._order), sentence))
+            for i, thread in enumerate(self._threads):
+                if thread is None:
+                    self._threads[i] = threading.Thread(target=self._decode, args=(i,), name=f"engine-{i}",
+                                                        daemon=True)
+                    self._threads[i].start()
+
+    def _decode(self, index: int) -> None:
+        """One engine's thread: admit and step while there is work."""
+        engine = self.engines[index]
+        while True:
+            with self._changed:
+                joining = self._admissions(engine)
+                if not joining and not engine.live:
+                    self._threads[index] = None
+                    return
+            try:
+                engine.step(joining)
+            except Exception as e:  # a bug or a runtime failure: its sentences learn of it, the engine goes on
+                log.exception("decoding step failed")
+                for sentence in joining:
+                    if sentence not in (live.sentence for live in engine.live):
+                        sentence.done(e)
+                engine.fail(e)
+
+    def _admissions(self, engine: Engine) -> list[Sentence]:
+        """The waiting sentences that fit in the engine now, in priority order; the abandoned
+        ones are settled on the way. An empty engine takes at least one."""
+        joining, free = [], engine.free_rows
+        while self._waiting:
+            sentence = self._waiting[0][2]
+            if sentence.abandoned():
+                heapq.heappop(self._waiting)
+                sentence.done([])
+                continue
+            if sentence.rows > free and (joining or engine.live):
+                break
+            heapq.heappop(self._waiting)
+            joining.append(sentence)
+            free -= sentence.rows
+        return joining
+
+
+Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
+
+
+def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: DecodeOptions, *,
+                  max_batch: int = 32, abandoned: Abandoned | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+    """Translate encoded sentences (EOS-terminated id lists), at most `max_batch` in flight.
+
+    Returns, for each sentence in the caller's order, `options.n_best` hypotheses, best first;
+    an empty list for a sentence that `abandoned(i)` gave up on (asked at every step). Shorter
+    sentences are admitted first. on_batch(n) as n more sentences finish (progress). A
+    sentence's result never depends on the others: max_batch=1 decodes each alone (what probes
+    are recorded with).
+    """
+    results: list[Result | None] = [None] * len(ids)
+    remaining = [len(ids)]
+    finished = threading.Event()
+    lock = threading.Lock()
+
+    def done(i: int, result: Result) -> None:
+        with lock:
+            results[i] = result
+            remaining[0] -= 1
+            if on_batch is not None:
+                on_batch(1)
+            if remaining[0] == 0:
+                finished.set()
+
+    if not ids:
+        return []
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    scheduler = Scheduler(graphs, max_rows=max_batch * options.beam_size)
+    scheduler.submit(Sentence(ids[i], options, lambda result, i=i: done(i, result),
+                              (lambda i=i: abandoned(i)) if abandoned else _never, rank)
+                     for rank, i in enumerate(order))
+    finished.wait()
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]

@@ -7,13 +7,13 @@ score, with the same sentence decoded alone."""
 
 from __future__ import annotations
 
+import gzip
 import threading
 
 import numpy as np
 import pytest
 
 from model.search import DecodeOptions
-from model.tsv import read_tsv
 from server.runtime import Scheduler, Sentence, SessionConfig, Translator, translate_ids
 from server.runtime.engine import Engine
 from tests.builders import tiny_pairs
@@ -164,12 +164,14 @@ def test_a_failed_step_reaches_its_sentences_and_the_engine_goes_on(tiny):
 
 @pytest.mark.slow
 def test_the_default_model_under_continuous_admission_of_200_sentences_translates_each_as_alone():
-    """The issue's guarantee on the committed model, fp32 on the CPU: 201 test sentences with
-    mixed options join 64 rows in flight at random steps; each equals itself decoded alone."""
+    """The issue's guarantee on the committed model, fp32 on the CPU: 201 real sentences (help
+    texts from the committed corpus) with mixed options join 64 rows in flight at random steps;
+    each equals itself decoded alone."""
     translator = Translator(DEFAULT_VERSION, SessionConfig(device="cpu", streams=1, intra_op_threads=1))
-    pairs, _ = read_tsv(REPOSITORY.parent / "data" / "en-es" / "test.tsv")
+    with gzip.open(REPOSITORY.parent / "data" / "corpus" / "lohelp.en-es.tsv.gz", "rt", encoding="utf-8") as corpus:
+        sources = [line.split("\t")[0] for line in corpus if 3 <= len(line.split("\t")[0].split()) <= 40]
     rng = np.random.default_rng(12)
-    texts = [pairs[i][0] for i in rng.choice(len(pairs), 201, replace=False)]
+    texts = [sources[i] for i in rng.choice(len(sources), 201, replace=False)]
     ids = translator.encode(texts)
     options = [MIXED[i % 3] for i in range(len(ids))]  # greedy, beam 4, beam 2 with 2-best
     engine, collected = Engine(translator.graphs, max_rows=64), Collected()

@@ -399,22 +399,23 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
 
 
 def test_a_full_queue_answers_resource_exhausted_and_says_how_full(service_repository):
-    """Room for one beam-16 sentence in flight, many waiting: a request that does not fit in the
-    queue gets RESOURCE_EXHAUSTED (it would fit later), and everything admitted is answered."""
-    s = Server(service_repository, "--max-queue-sentences", "300", "--max-rows", "16", "--streams", "1")
+    """Room for one beam-16 sentence in flight, many slow ones waiting: a request that does not
+    fit in the queue gets RESOURCE_EXHAUSTED (it would fit later), and everything admitted is
+    answered."""
+    s = Server(service_repository, "--max-queue-sentences", "100", "--max-rows", "16", "--streams", "1")
     try:
         texts = [source for source, _ in PAIRS]
-        long_work = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(
-            texts=texts * 2, options=pb.DecodingOptions(beam_size=16, min_length=60)), timeout=300)
-        time.sleep(0.5)
-        waiting = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(texts=texts * 6), timeout=300)
-        time.sleep(0.2)
-        error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=texts * 4), timeout=10)
+        slow = pb.DecodingOptions(beam_size=16, min_length=60)
+        long_work = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(texts=texts * 2, options=slow), timeout=300)
+        time.sleep(0.3)
+        waiting = s.stub.TranslateBatch.future(pb.TranslateBatchRequest(texts=texts, options=slow), timeout=300)
+        time.sleep(0.05)
+        error = error_of(s.stub.TranslateBatch, pb.TranslateBatchRequest(texts=texts), timeout=10)
         assert not long_work.done(), "the rows should still be busy"
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        queued = re.search(r"(\d+) of 300 sentences are waiting and the request has 128; retry later", error.details())
-        assert queued and int(queued.group(1)) + 128 > 300, error.details()
-        assert [r.translation for r in waiting.result().translations] == [t for _, t in PAIRS] * 6
+        queued = re.search(r"(\d+) of 100 sentences are waiting and the request has 32; retry later", error.details())
+        assert queued and int(queued.group(1)) + 32 > 100, error.details()
+        assert len(waiting.result().translations) == len(texts)
         assert len(long_work.result().translations) == len(texts) * 2
         assert s.stub.Translate(pb.TranslateRequest(text=PAIRS[0][0]), timeout=30).translation == PAIRS[0][1]
     finally:

@@ -183,5 +183,6 @@ def test_the_default_model_under_continuous_admission_of_200_sentences_translate
             i = waiting.pop(0)
             joining.append(collected.sentence(i, ids[i], options[i]))
         engine.step(joining)
-    differing = [i for i in range(len(ids)) if not same(collected.results[i], alone(translator.graphs, ids[i], options[i]))]
+    differing = [i for i in range(len(ids))
+                 if not same(collected.results[i], alone(translator.graphs, ids[i], options[i]))]
     assert differing == []

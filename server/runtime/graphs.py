@@ -195,7 +195,8 @@ class OnnxGraphs:
         if isinstance(first[0], np.ndarray) and isinstance(second[0], np.ndarray):
             return [self._join_arrays(a, b, width, pad_left) for a, b in zip(first, second)]
         pads = [np.array([0, 0, width - _shape(t[0])[2] if pad_left else 0, 0,
-                          0, 0, 0 if pad_left else width - _shape(t[0])[2], 0], dtype=np.int64) for t in (first, second)]
+                          0, 0, 0 if pad_left else width - _shape(t[0])[2], 0], dtype=np.int64)
+                for t in (first, second)]
         feeds = {"pad_a": pads[0], "pad_b": pads[1]}
         feeds.update((f"a{i}", t) for i, t in enumerate(first))
         feeds.update((f"b{i}", t) for i, t in enumerate(second))
@@ -259,7 +260,8 @@ class OnnxGraphs:
             return self._cache_ops[kind, count]
 
     def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
-                cross_values: Cache, source_mask: np.ndarray, past_keys: Cache, past_values: Cache) -> dict[str, Tensor]:
+                cross_values: Cache, source_mask: np.ndarray, past_keys: Cache,
+                past_values: Cache) -> dict[str, Tensor]:
         feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed}
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
         feeds.update(zip(self._past_names, [*past_keys, *past_values]))

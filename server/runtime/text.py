@@ -279,7 +279,7 @@ class TextJob:
 class JobRounds:
     """Jobs driven together: each round, the ids every unfinished job needs are decoded in one
     call. The loop is the caller's, so that it can be synchronous (`run_jobs`) or awaited (the
-    service's batcher): `while ids := rounds.wanted(): rounds.answer(decode(ids))`."""
+    service's admission into the engines): `while ids := rounds.wanted(): rounds.answer(decode(ids))`."""
 
     def __init__(self, jobs: Sequence[TextJob]) -> None:
         self._rounds = [job.rounds() for job in jobs]

@@ -7,14 +7,16 @@ score, with the same sentence decoded alone."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 import threading
+import weakref
 
 import numpy as np
 import pytest
 
 from model.search import DecodeOptions
-from server.runtime import Scheduler, Sentence, SessionConfig, Translator, translate_ids
+from server.runtime import OnnxGraphs, Scheduler, Sentence, SessionConfig, Translator, translate_ids
 from server.runtime.engine import Engine
 from tests.builders import tiny_pairs
 from tests.versions import DEFAULT_VERSION, REPOSITORY
@@ -186,3 +188,19 @@ def test_the_default_model_under_continuous_admission_of_200_sentences_translate
     differing = [i for i in range(len(ids))
                  if not same(collected.results[i], alone(translator.graphs, ids[i], options[i]))]
     assert differing == []
+
+
+def test_graphs_that_translate_ids_used_are_freed_once_their_threads_end(tiny_version, monkeypatch):
+    """The decode loops kept for back-to-back calls live as long as their graphs, no longer: an
+    unloaded model version's sessions are freed."""
+    monkeypatch.setattr(Scheduler, "LINGER_SECONDS", 0.01)
+    graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu", streams=1))
+    translate_ids(graphs, [[5, 3]], DecodeOptions(max_length=2))
+    freed = weakref.ref(graphs)
+    del graphs
+    for _ in range(200):
+        gc.collect()
+        if freed() is None:
+            break
+        threading.Event().wait(0.01)
+    assert freed() is None

@@ -74,6 +74,7 @@ class StepCounter:
 
     def __init__(self, graphs) -> None:
         self.graphs, self.step_rows = graphs, []
+        self.schedulers = {}  # its own decode loops, which step through it
 
     def __getattr__(self, name):
         return getattr(self.graphs, name)

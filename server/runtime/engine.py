@@ -28,7 +28,6 @@ import itertools
 import logging
 import math
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -119,15 +118,18 @@ class Engine:
 
     def _clear(self) -> None:
         self.live: list[_Live] = []
-        self.rows = 0  # slots held by sentences
-        self._owner: list[_Live | None] = []  # each slot's sentence; None: free
-        self._held = np.zeros(0, bool)  # the same, as a mask
+        self._held = np.zeros(0, bool)  # each slot: held by a sentence (else free)
         self._tokens = np.zeros((0, 1), np.int64)
         self._positions = np.zeros(0, np.int64)  # each slot's cached tokens
         self._source_mask = np.zeros((0, 0), bool)
         self._cross: tuple[Cache, Cache] = ([], [])
         self._past: tuple[Cache, Cache] = ([], [])
         self._origins: np.ndarray | None = None  # after a step: the slot each slot continues (beams)
+
+    @property
+    def rows(self) -> int:
+        """Slots held by sentences."""
+        return int(self._held.sum())
 
     @property
     def free_rows(self) -> int:
@@ -138,7 +140,7 @@ class Engine:
         self._arrange(joining)
         if not self.live:
             return
-        eos_allowed = np.zeros(len(self._owner), bool)
+        eos_allowed = np.zeros(len(self._held), bool)
         for live in self.live:
             eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
@@ -157,7 +159,7 @@ class Engine:
         c = self.graphs.config
         candidates = self._beam_candidates(top_log_probs, top_ids)
         best_ids, best_log_probs = top_ids[:, 0].tolist(), top_log_probs[:, 0].tolist()
-        origins = np.arange(len(self._owner))
+        origins = np.arange(len(self._held))
         tokens = self._tokens[:, 0].copy()
         going_on: list[_Live] = []
         for live in self.live:
@@ -182,21 +184,18 @@ class Engine:
                 going_on.append(live)
             else:
                 live.sentence.done(done)
-                for slot in live.slots:
-                    self._owner[slot] = None
                 self._held[live.slots] = False
         self._origins = None if np.array_equal(origins, np.arange(len(origins))) else origins
         self._positions = np.where(self._held, self._positions[origins] + 1, 0)  # free slots: nothing cached
         self._tokens = tokens.reshape(-1, 1)
         self.live = going_on
-        self.rows = sum(live.rows for live in going_on)
 
     def _arrange(self, joining: Sequence[Sentence]) -> None:
         """The slots of the next step: beams' caches reordered, newcomers in free slots (or new
         ones), free slots dropped when there are many; each cache copied at most once."""
-        owner = self._owner
+        slots = len(self._held)
         wanted = sum(s.rows for s in joining)
-        compact = len(owner) - self.rows - wanted > len(owner) // 4  # many free slots: keep only the held ones
+        compact = slots - self.rows - wanted > slots // 4  # many free slots: keep only the held ones
         if not (joining or compact):
             if self.live:
                 self._reorder_past()
@@ -205,7 +204,7 @@ class Engine:
                 self._clear()
             return
         free = np.flatnonzero(~self._held).tolist()
-        layout = np.arange(len(owner))  # the old slot of each slot
+        layout = np.arange(slots)  # the old slot of each slot
         if compact:
             layout, free = np.flatnonzero(self._held), []
         added = max(0, wanted - len(free))
@@ -226,7 +225,6 @@ class Engine:
         self._source_mask = mask
         self._positions = positions
         self._tokens = np.concatenate([self._tokens[layout], np.zeros((added, 1), np.int64)])
-        self._owner = [owner[slot] for slot in layout] + [None] * added
         self._held = np.concatenate([self._held[layout], np.zeros(added, bool)])
         if joining:
             self._admit(joining, free)
@@ -237,7 +235,7 @@ class Engine:
         """Only the beams' reordering, and trimming where a third of the columns is unused."""
         present, width = _width(self._past[0][0]), int(self._positions.max())
         if self._origins is not None or 3 * (present - width) > present:
-            rows = np.arange(len(self._owner)) if self._origins is None else self._origins
+            rows = np.arange(len(self._held)) if self._origins is None else self._origins
             self._past = tuple(self.graphs.select(cache, rows, (present - width, present)) for cache in self._past)
             self._origins = None
 
@@ -245,7 +243,7 @@ class Engine:
         """Drop the source columns that no sentence needs any more, once they are a third."""
         current, needed = _width(self._cross[0][0]), max(live.source_length for live in self.live)
         if 3 * (current - needed) > current:
-            rows = np.arange(len(self._owner))
+            rows = np.arange(len(self._held))
             self._cross = tuple(self.graphs.select(cache, rows, (0, needed)) for cache in self._cross)
             self._source_mask = self._source_mask[:, :needed]
 
@@ -295,11 +293,8 @@ class Engine:
             live = _Live.start(sentence, c.max_positions)
             live.slots = slots[start: start + sentence.rows].tolist()
             start += sentence.rows
-            for slot in live.slots:
-                self._owner[slot] = live
             self._held[live.slots] = True
             self.live.append(live)
-        self.rows += len(repeat)
 
     def _beam_candidates(self, top_log_probs: np.ndarray,
                          top_ids: np.ndarray) -> dict[int, tuple[list[float], list[int]]]:
@@ -380,10 +375,6 @@ class Scheduler:
         """Sentences submitted and not yet admitted into an engine."""
         return len(self._waiting)
 
-    @property
-    def rows_in_flight(self) -> int:
-        return sum(engine.rows for engine in self.engines)
-
     def submit(self, sentences: Iterable[Sentence]) -> None:
         """Queue sentences; each one's `done` is called when it is translated."""
         with self._changed:
@@ -436,7 +427,6 @@ class Scheduler:
 
 
 Abandoned = Callable[[int], bool]  # sentence index -> nobody waits for it any more
-_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # graphs -> {max_rows: Scheduler}
 _SCHEDULERS_LOCK = threading.Lock()
 
 
@@ -444,10 +434,9 @@ def _schedulers(graphs: OnnxGraphs, max_rows: int) -> Scheduler:
     """The scheduler that `translate_ids` calls with these graphs and this many rows share, so
     that back-to-back calls reuse its engines' threads."""
     with _SCHEDULERS_LOCK:
-        by_rows = _SCHEDULERS.setdefault(graphs, {})
-        if max_rows not in by_rows:
-            by_rows[max_rows] = Scheduler(graphs, max_rows=max_rows)
-        return by_rows[max_rows]
+        if max_rows not in graphs.schedulers:
+            graphs.schedulers[max_rows] = Scheduler(graphs, max_rows=max_rows)
+        return graphs.schedulers[max_rows]
 
 
 def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: DecodeOptions, *,

@@ -129,6 +129,9 @@ class OnnxGraphs:
         self._cache_ops_lock = threading.Lock()
         # Decoding streams: engines decoding at the same time on these sessions, one thread each.
         self.streams = session_config.streams or (1 if on_cuda else session_config.cpu_streams())
+        # The decode loops that `translate_ids` calls on these graphs share, by row limit, so that
+        # back-to-back calls reuse their threads (server/runtime/engine.py); they live as long as the graphs.
+        self.schedulers: dict[int, object] = {}
 
     @property
     def provider(self) -> str:
@@ -193,7 +196,8 @@ class OnnxGraphs:
         `width` columns: on the left for self-attention caches (a row's positions are its last
         columns), on the right for cross-attention caches (source tokens come first)."""
         if isinstance(first[0], np.ndarray) and isinstance(second[0], np.ndarray):
-            return [self._join_arrays(a, b, width, pad_left) for a, b in zip(first, second)]
+            return self.regroup(first, np.arange(first[0].shape[0]), (0, first[0].shape[2]), second, width,
+                                pad_left=pad_left)
         pads = [np.array([0, 0, width - _shape(t[0])[2] if pad_left else 0, 0,
                           0, 0, 0 if pad_left else width - _shape(t[0])[2], 0], dtype=np.int64)
                 for t in (first, second)]
@@ -242,14 +246,6 @@ class OnnxGraphs:
             else:
                 t[len(rows):, :, : added.shape[2]] = added
             out.append(t)
-        return out
-
-    @staticmethod
-    def _join_arrays(a: np.ndarray, b: np.ndarray, width: int, pad_left: bool) -> np.ndarray:
-        out = np.zeros((a.shape[0] + b.shape[0], a.shape[1], width, a.shape[3]), a.dtype)
-        for rows, t in ((slice(0, a.shape[0]), a), (slice(a.shape[0], None), b)):
-            columns = slice(width - t.shape[2], width) if pad_left else slice(0, t.shape[2])
-            out[rows, :, columns] = t
         return out
 
     def _cache_op(self, kind: str, count: int) -> ort.InferenceSession:

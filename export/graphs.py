@@ -12,15 +12,15 @@ search needs each row's best 2K (K beams): the best 2K of a sentence's K*V conti
 always among its rows' best 2K each. TOP_K = 2 * MAX_BEAM_SIZE. `logits` stays an output for
 the parity gate; a decode loop does not fetch it.
 
-One decoder graph serves every step, the first included: at step 0 the cache has past_len 0.
-A separate first-step graph would duplicate every decoder weight in the artifact for no gain,
-since an empty cache costs nothing in Concat.
+One decoder graph serves every step, the first included: at step 0 every row has 0 cached tokens.
 
-Rows need not be at the same step: `positions` gives each row's own cached length, its cache
-entries the last columns of the shared (left-padded) cache, the columns before them masked
-out (Transformer.decode_hidden). So the decode loop (server/runtime/engine.py) adds sentences to
-a running batch and drops finished ones at any step. `eos_allowed` is per row too: rows carry
-their own min_length.
+Rows need not be at the same step: `positions` gives each row's own number of cached tokens,
+its cache the first columns of the shared one (Transformer.decode_step). So the decode loop
+(server/runtime/engine.py) adds sentences to a running batch and drops finished ones at any
+step. The cache is an input only: the step returns this position's keys and values, and the
+loop writes them into its cache in place, so no step copies the cache (a grown-cache output
+would be one copy of it per layer and step). `eos_allowed` is per row too: rows carry their
+own min_length.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class EncoderGraph(nn.Module):
 
 class DecoderStepGraph(nn.Module):
     """One decoding step: the previous token and the cache -> next-token logits, the best next
-    tokens under the decoding rules, and the grown cache."""
+    tokens under the decoding rules, and this position's keys and values."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
@@ -71,11 +71,11 @@ class DecoderStepGraph(nn.Module):
         eos_allowed: torch.Tensor,
         cross_keys: Cache,
         cross_values: Cache,
-        past_keys: Cache,
-        past_values: Cache,
+        cache_keys: Cache,
+        cache_values: Cache,
     ) -> tuple[torch.Tensor, ...]:
-        hidden, keys, values = self.model.decode_hidden(tokens, cross_keys, cross_values, source_mask, past_keys,
-                                                        past_values, positions)
+        hidden, keys, values = self.model.decode_step(tokens, cross_keys, cross_values, source_mask, cache_keys,
+                                                      cache_values, positions)
         # Project only the last position: selecting it after the projection would copy (B, V) logits.
         logits = self.model.logits(hidden[:, -1])
         log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never

@@ -1,4 +1,4 @@
-"""PyTorch model -> encoder.onnx and decoder.onnx, with dynamic batch, source and past lengths.
+"""PyTorch model -> encoder.onnx and decoder.onnx, with dynamic batch, source length and cache capacity.
 
 The current exporter (`torch.onnx.export(..., dynamo=True)`) traces the model with
 torch.export and translates the graph with onnxscript's torchlib. The opset is pinned at 18:
@@ -6,8 +6,8 @@ torchlib's functions are written in opset 18 (TORCHLIB_OPSET in torch 2.13), so 
 need no version-conversion pass, and the pinned onnxruntime (1.31) runs opsets well beyond it.
 
 Exporter pitfall: an example input of size 0 or 1 on a dynamic axis is specialised into a
-constant. The example inputs therefore use batch 3, source length 7 and past length 4; the
-parity check then runs batch 1, past 0 and the other edges explicitly.
+constant. The example inputs therefore use batch 3, source length 7 and cache capacity 6; the
+parity check then runs batch 1, capacity 0 and the other edges explicitly.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ GRAPH_OPTIMIZATIONS = [
     "attention written out as (Q/sqrt(d)) K^T so ONNX Runtime folds the transpose into MatMul",
     "one key/value cache tensor per layer (no whole-cache split and stack per step)",
     "per-row positions and EOS rule: rows at different steps share a decoder step (step-level batching)",
+    "the cache is read, never copied: a step returns only its new keys and values, written in place by the runtime",
 ]
 
 log = logging.getLogger("rosetta.export")
@@ -42,10 +43,10 @@ log = logging.getLogger("rosetta.export")
 def _dims(model: Transformer) -> tuple[Dim, Dim, Dim]:
     c = model.config
     return (Dim("batch", min=1, max=MAX_BATCH), Dim("source_len", min=1, max=c.max_positions),
-            Dim("past_len", min=0, max=c.max_positions - 1))
+            Dim("capacity", min=0, max=c.max_positions))
 
 
-def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past_len: int = 4):
+def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, capacity: int = 6):
     """Inputs of the decoder step with sizes >= 2 on every dynamic axis."""
     c = model.config
     generator = torch.Generator().manual_seed(0)
@@ -55,14 +56,13 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, past
     source[0, 2] = c.eos_id
     with torch.no_grad():
         cross_k, cross_v = model.cross_kv(model.encode(source))
-        prefix = torch.randint(4, c.vocab_size, (batch, past_len), generator=generator)
-        past_k, past_v = model.empty_cache(batch)
-        _, past_k, past_v = model.decode(prefix, cross_k, cross_v, model.source_mask(source), past_k, past_v)
+    cache = [torch.randn(batch, c.heads, capacity, c.head_dim, generator=generator) for _ in range(c.decoder_layers)]
     tokens = torch.randint(4, c.vocab_size, (batch, 1), generator=generator)
     # Rows at different lengths and one not allowed EOS, so both are traced as data.
-    positions = torch.arange(past_len, past_len - batch, -1).clamp(min=0)
+    positions = torch.arange(capacity - 2, capacity - 2 - batch, -1).clamp(min=0)
     eos_allowed = torch.arange(batch) > 0
-    return source, (tokens, positions, model.source_mask(source), eos_allowed, cross_k, cross_v, past_k, past_v)
+    return source, (tokens, positions, model.source_mask(source), eos_allowed, cross_k, cross_v, cache,
+                    [t.clone() for t in cache])
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -83,18 +83,18 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     inference included) before this returns.
     """
     model = model.eval()
-    batch, source_len, past_len = _dims(model)
+    batch, source_len, capacity = _dims(model)
     source, step_args = example_inputs(model)
     layers = model.config.decoder_layers
     log.info("exporting the encoder")
     _export(EncoderGraph(model), (source,), *encoder_names(layers), {"source_ids": {0: batch, 1: source_len}},
             out_dir / ENCODER_FILE)
     log.info("exporting the decoder step")
-    cache = [{0: batch, 2: past_len}] * layers
+    cache = [{0: batch, 2: capacity}] * layers
     cross = [{0: batch, 2: source_len}] * layers
     _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
             {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: batch, 1: source_len},
              "eos_allowed": {0: batch},
-             "cross_keys": cross, "cross_values": cross, "past_keys": cache, "past_values": cache},
+             "cross_keys": cross, "cross_values": cross, "cache_keys": cache, "cache_values": cache},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

@@ -2,10 +2,11 @@
 
 Two checks, both run by every export before the version is published:
 
-1. Tensors. Encoder outputs and decoder-step logits and caches, ONNX Runtime against PyTorch,
-   on padded batches of mixed lengths across the shape ranges (batch 1 to 64, source length 1
-   to the maximum, past length 0 to the maximum; rows at different lengths in one step, as the
-   engine runs them), random ids and real sentences.
+1. Tensors. Encoder outputs and decoder-step logits and new keys and values, ONNX Runtime
+   against PyTorch's `decode`, on padded batches of mixed lengths across the shape ranges
+   (batch 1 to 64, source length 1 to the maximum, cached length 0 to the maximum; rows at
+   different lengths in one step over a cache with spare columns, as the engine runs them),
+   random ids and real sentences.
 2. Translations. Greedy and beam search through the project's ONNX Runtime engine
    (server/runtime/engine.py, every sentence joining the rows in flight as earlier ones finish)
    against the PyTorch reference decoder (static length-sorted batches) on a test set: token
@@ -69,51 +70,55 @@ def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, pa
                   rng: np.random.Generator, ragged: bool = False) -> dict[str, float]:
     """Max abs differences of encoder outputs, and of a decoder step after `past_len` cached tokens.
 
-    ragged: rows at different lengths, as the engine runs them: row b has its own number of
-    cached tokens (one row all of them), its cache the last columns of the shared one.
+    The reference is the model's own `decode` over each row's cached tokens exactly. ragged:
+    rows at different lengths, as the engine runs them: row b has its own number of cached
+    tokens (one row all of them), and the cache the graph reads has columns beyond them, up to
+    three spare ones, full of noise that the step must ignore. Otherwise the cache is exactly
+    `past_len` wide (0 included).
     """
     c = model.config
     batch = source.shape[0]
     src = torch.from_numpy(source)
+    src_mask = src != c.pad_id
     ref_k, ref_v = model.cross_kv(model.encode(src))
     onnx_k, onnx_v = graphs.encode(source)
-    mask = source != c.pad_id
     positions = np.full(batch, past_len, np.int64)
     if ragged:
         positions[1:] = rng.integers(0, past_len + 1, batch - 1)
     prefix = torch.from_numpy(rng.integers(4, c.vocab_size, (batch, past_len + 1)))
     past_k, past_v = model.empty_cache(batch)
     if past_len:  # causal: the first n columns of the whole prefix's cache are an n-token prefix's cache
-        _, past_k, past_v = model.decode(prefix[:, :past_len], ref_k, ref_v, src != c.pad_id, past_k, past_v)
-    past_k, past_v = (_right_aligned(cache, positions) for cache in (past_k, past_v))
+        _, past_k, past_v = model.decode(prefix[:, :past_len], ref_k, ref_v, src_mask, past_k, past_v)
     tokens = prefix[torch.arange(batch), torch.from_numpy(positions)][:, None]
-    ref_logits, ref_pk, ref_pv = model.decode(tokens, ref_k, ref_v, src != c.pad_id, past_k, past_v,
-                                              torch.from_numpy(positions))
+    ref_logits = torch.zeros(batch, c.vocab_size)
+    ref_new = [torch.zeros(batch, c.heads, 1, c.head_dim) for _ in range(2 * c.decoder_layers)]
+    for n in np.unique(positions).tolist():  # the rows with n cached tokens, over exactly those
+        rows = torch.from_numpy(np.flatnonzero(positions == n))
+        logits, keys, values = model.decode(tokens[rows], *([t[rows] for t in cache] for cache in (ref_k, ref_v)),
+                                            src_mask[rows], *([t[rows, :, :n] for t in cache]
+                                                              for cache in (past_k, past_v)))
+        ref_logits[rows] = logits[:, -1]
+        for new, grown in zip(ref_new, [*keys, *values]):
+            new[rows] = grown[:, :, n:]
+    spare = min(3, c.max_positions - past_len) if ragged else 0
+    noise = rng.standard_normal((batch, c.heads, past_len + spare, c.head_dim)).astype(np.float32)
+    cached = np.arange(past_len + spare)[None, None, :, None] < positions[:, None, None, None]
 
-    def onnx_cache(cache: list[torch.Tensor]) -> list[np.ndarray]:
-        return [t.numpy().astype(graphs.dtype) for t in cache]
+    def onnx_cache(cache: list[torch.Tensor], width: int | None = None) -> list[np.ndarray]:
+        if width is None:
+            return [t.numpy().astype(graphs.dtype) for t in cache]
+        return [np.where(cached, np.pad(t.numpy(), ((0, 0), (0, 0), (0, spare), (0, 0))), noise).astype(graphs.dtype)
+                for t in cache]
 
     logits, keys, values = graphs.step_logits(tokens.numpy(), positions, np.ones(batch, bool), onnx_cache(ref_k),
-                                              onnx_cache(ref_v), mask, onnx_cache(past_k), onnx_cache(past_v))
+                                              onnx_cache(ref_v), source != c.pad_id,
+                                              onnx_cache(past_k, past_len + spare), onnx_cache(past_v, past_len + spare))
 
     def diff(a: list[np.ndarray], b: list[torch.Tensor]) -> float:
         return max(float(np.abs(x.astype(np.float32) - y.numpy()).max()) for x, y in zip(a, b))
 
-    return {"encoder": max(diff(onnx_k, ref_k), diff(onnx_v, ref_v)), "logits": diff([logits], [ref_logits[:, -1]]),
-            "cache": max(diff(keys, ref_pk), diff(values, ref_pv))}
-
-
-def _right_aligned(cache: list[torch.Tensor], positions: np.ndarray) -> list[torch.Tensor]:
-    """Each row's first positions[b] columns moved to the end, zeros before them (a left-padded cache)."""
-    out = []
-    for t in cache:
-        aligned = torch.zeros_like(t)
-        width = t.shape[2]
-        for row, n in enumerate(positions.tolist()):
-            if n:
-                aligned[row, :, width - n:] = t[row, :, :n]
-        out.append(aligned)
-    return out
+    return {"encoder": max(diff(onnx_k, ref_k), diff(onnx_v, ref_v)), "logits": diff([logits], [ref_logits]),
+            "cache": diff([*keys, *values], ref_new)}
 
 
 def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[list[int]], seed: int = 0) -> TensorParity:

@@ -6,7 +6,9 @@ target length, D d_model, H heads, Dh = D / H, L decoder layers, V vocabulary.
 Decoding is incremental: `encode` runs once per source and `cross_kv` gives the
 cross-attention keys/values of every decoder layer; `decode` takes the self-attention cache
 of earlier steps and returns it extended by T positions. Training calls the same `decode`
-with an empty cache, so one code path serves both.
+with an empty cache, so one code path serves both. `decode_step` is the serving decode loop's
+variant: one token per row, rows at different lengths, the cache only read (the caller writes
+each step's keys and values into it in place); a test holds it equal to `decode`.
 
 A cache is a list of plain tensors, one (B, H, P, Dh) tensor per decoder layer (`Cache`).
 One tensor per layer rather than one stacked (L, B, H, P, Dh) tensor: in an exported graph,
@@ -133,6 +135,17 @@ class DecoderLayer(nn.Module):
         x = self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
         return x, k, v
 
+    def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cached: torch.Tensor,
+             cross_k: torch.Tensor, cross_v: torch.Tensor,
+             cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` for one new position per row over a fixed cache (SelfAttention.step):
+        x (B, 1, D) -> (B, 1, D) and this position's key and value (B, H, 1, Dh)."""
+        y, k, v = self.self_attention.step(self.self_residual.pre(x), cache_k, cache_v, cached)
+        x = self.self_residual.post(x, y)
+        x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask))
+        x = self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
+        return x, k, v
+
 
 class Transformer(nn.Module):
     """Encoder-decoder Transformer for translation."""
@@ -200,18 +213,12 @@ class Transformer(nn.Module):
         src_mask: torch.Tensor,
         past_k: Cache,
         past_v: Cache,
-        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache, Cache]:
         """Run the decoder over T new target tokens that follow P cached ones.
 
         tgt: (B, T) ids; cross_k/v: per layer (B, H, S, Dh); src_mask: (B, S) bool;
         past_k/v: per layer (B, H, P, Dh). Returns hidden states (B, T, D) and the cache,
         per layer (B, H, P+T, Dh).
-
-        positions: None when every row has all P cached tokens. Otherwise (B,) int64, the number
-        of cached tokens of each row (<= P): rows at different lengths share one cache, each
-        row's tokens in its last positions[b] columns (left-padded), the columns before them
-        masked out. This is what lets a decode loop add sentences to a running batch.
         """
         past = past_k[0].shape[2]
         t = tgt.shape[1]
@@ -219,16 +226,41 @@ class Transformer(nn.Module):
         key_pos = torch.arange(past + t, device=tgt.device)
         query_pos = torch.arange(t, device=tgt.device) + past
         self_mask = key_pos[None, :] <= query_pos[:, None]  # (T, P+T)
-        start: int | torch.Tensor = past
-        if positions is not None:
-            first_column = past - positions  # (B,) where each row's own tokens begin
-            self_mask = self_mask & (key_pos[None, :] >= first_column[:, None])[:, None, None, :]  # (B, 1, T, P+T)
-            start = positions[:, None]
         cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self.embedding_dropout(self.target_embedding(tgt, start=start))
+        x = self.embedding_dropout(self.target_embedding(tgt, start=past))
         ks, vs = [], []
         for i, layer in enumerate(self.decoder_layers):
             x, k, v = layer(x, self_mask, past_k[i], past_v[i], cross_k[i], cross_v[i], cross_mask)
+            ks.append(k)
+            vs.append(v)
+        return self.decoder_norm(x), ks, vs
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        cross_k: Cache,
+        cross_v: Cache,
+        src_mask: torch.Tensor,
+        cache_k: Cache,
+        cache_v: Cache,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, Cache, Cache]:
+        """One new token per row, rows at different lengths: what a decode loop that adds
+        sentences to a running batch runs at every step.
+
+        tokens: (B, 1); positions: (B,) int64, each row's number of cached tokens; cache_k/v:
+        per layer (B, H, C, Dh) with C >= max(positions), row b's tokens in its first
+        positions[b] columns (the others are ignored). Returns hidden states (B, 1, D) and this
+        step's keys and values, per layer (B, H, 1, Dh), for the caller to write at column
+        positions[b]: the cache itself is only read, so a caller keeps it in place.
+        """
+        cached = (torch.arange(cache_k[0].shape[2], device=tokens.device)[None, :]
+                  < positions[:, None])[:, None, None, :]  # (B, 1, 1, C)
+        cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self.target_embedding(tokens, start=positions[:, None])
+        ks, vs = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            x, k, v = layer.step(x, cache_k[i], cache_v[i], cached, cross_k[i], cross_v[i], cross_mask)
             ks.append(k)
             vs.append(v)
         return self.decoder_norm(x), ks, vs
@@ -247,10 +279,9 @@ class Transformer(nn.Module):
         src_mask: torch.Tensor,
         past_k: Cache,
         past_v: Cache,
-        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Cache, Cache]:
         """Like `decode_hidden`, returning logits (B, T, V) instead of hidden states."""
-        hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v, positions)
+        hidden, k, v = self.decode_hidden(tgt, cross_k, cross_v, src_mask, past_k, past_v)
         return self.logits(hidden), k, v
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

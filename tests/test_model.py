@@ -98,6 +98,35 @@ def test_incremental_decoding_equals_full_recomputation(norm_first):
     assert (torch.cat([first, rest], dim=1) - full).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_a_step_over_rows_at_different_lengths_equals_each_rows_own_decode(norm_first):
+    """decode_step (what the exported step computes): row b reads the first positions[b] columns
+    of a cache with spare columns full of noise, and returns the logits and the new position's
+    keys and values that `decode` gives the row alone over exactly its own tokens."""
+    model = make_model(norm_first=norm_first)
+    c = model.config
+    src = random_batch([9, 4, 7, 5])
+    tgt = random_batch([8, 8, 8, 8], seed=8)
+    cross_k, cross_v = model.cross_kv(model.encode(src))
+    mask = model.source_mask(src)
+    positions = torch.tensor([5, 0, 2, 5])
+    _, full_k, full_v = model.decode(tgt[:, :5], cross_k, cross_v, mask, *model.empty_cache(4))
+    generator = torch.Generator().manual_seed(0)
+    cached = (torch.arange(7)[None, :] < positions[:, None])[:, None, :, None]  # capacity 7 > 5
+    cache_k, cache_v = ([torch.where(cached, torch.nn.functional.pad(t, (0, 0, 0, 2)),
+                                     torch.randn(4, c.heads, 7, c.head_dim, generator=generator) * 100)
+                         for t in cache] for cache in (full_k, full_v))
+    tokens = tgt[torch.arange(4), positions][:, None]
+    hidden, new_k, new_v = model.decode_step(tokens, cross_k, cross_v, mask, cache_k, cache_v, positions)
+    assert {t.shape for t in new_k + new_v} == {(4, c.heads, 1, c.head_dim)}
+    for row, n in enumerate(positions.tolist()):
+        r = slice(row, row + 1)
+        logits, k, v = model.decode(tokens[r], [t[r] for t in cross_k], [t[r] for t in cross_v], mask[r],
+                                    [t[r, :, :n] for t in full_k], [t[r, :, :n] for t in full_v])
+        assert (model.logits(hidden[r]) - logits).abs().max().item() <= 1e-5
+        assert max((a[r] - b[:, :, n:]).abs().max().item() for a, b in zip(new_k + new_v, k + v)) <= 1e-5
+
+
 def written_out_attention(q, k, v, mask):
     """softmax(QK^T / sqrt(d)) V with a boolean mask, spelled out."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])

@@ -140,32 +140,48 @@ def test_the_cache_is_kept_on_the_device_by_default_on_cuda_only(tiny_version, d
 
 
 def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version, device):
-    """Encoder outputs, each step's cache, selected and joined rows stay device values; only the
-    best tokens come back as host arrays. Selected and joined rows hold exactly what was asked."""
+    """Encoder outputs, the cache and each step's new keys stay device values; only the best
+    tokens come back as host arrays. New positions are written in place; moved, selected and
+    joined rows hold exactly what was asked."""
     translator = Translator(tiny_version, SessionConfig(device=device, device_cache=True))
     graphs = translator.graphs
     source = pad_ids(translator.encode(["The cat.", "The old red house.", "The dog."]), 0)
     cross_k, cross_v = graphs.encode(source)
-    past_k, past_v = graphs.empty_cache(3)
-    out = graphs.step(np.full((3, 1), 1, dtype=np.int64), np.zeros(3, np.int64), np.ones(3, bool), cross_k, cross_v,
-                      source != 0, past_k, past_v)
+    cache_k, cache_v = graphs.empty_cache(3, 4)
+    positions = np.array([0, 2, 1])
+    out = graphs.step(np.full((3, 1), 1, dtype=np.int64), positions, np.ones(3, bool), cross_k, cross_v,
+                      source != 0, cache_k, cache_v)
     assert isinstance(out.top_ids, np.ndarray) and out.top_ids.shape[0] == 3
     for value in (*cross_k, *cross_v, *out.keys, *out.values):
         assert isinstance(value, ort.OrtValue) and value.device_name() == device
+    cache = graphs.append(cache_k, positions, out.keys)
+    for value, new in zip(cache, out.keys):
+        assert isinstance(value, ort.OrtValue) and value.device_name() == device
+        expected = np.zeros(value.shape(), graphs.dtype)
+        expected[np.arange(3), :, positions] = new.numpy()[:, :, 0]
+        assert np.array_equal(value.numpy(), expected)
+    buffers = [value.data_ptr() for value in cache]
+    again = graphs.append(cache, positions + 1, out.values)
+    assert [value.data_ptr() for value in again] == buffers  # written in place, not copied
+    assert np.array_equal(again[0].numpy()[np.arange(3), :, positions + 1], out.values[0].numpy()[:, :, 0])
+    rows = again[0].numpy()
+    moved = graphs.move(again, np.array([0]), np.array([2]))
+    assert np.array_equal(moved[0].numpy(), rows[[2, 1, 2]]) and moved[0].device_name() == device
     order = [2, 0, 0]
-    keys = graphs.select(out.keys, order)
-    for before, after in zip(out.keys, keys):
+    keys = graphs.select(moved, order)
+    for before, after in zip(moved, keys):
         assert after.device_name() == device
         assert np.array_equal(after.numpy(), before.numpy()[order])
-    assert graphs.select(out.keys, [0, 1, 2]) is out.keys  # nothing moved, nothing copied
+    assert graphs.select(moved, [0, 1, 2]) is moved  # nothing moved, nothing copied
     narrow = graphs.select(cross_k, [1], (0, 2))
     assert np.array_equal(narrow[0].numpy(), cross_k[0].numpy()[[1], :, 0:2])
-    joined = graphs.join(keys, out.keys, 3, pad_left=True)
-    host = graphs.join([k.numpy() for k in keys], [k.numpy() for k in out.keys], 3, pad_left=True)
+    joined = graphs.join(keys, out.keys, 6)
+    host = graphs.join([k.numpy() for k in keys], [k.numpy() for k in out.keys], 6)
     for value, expected in zip(joined, host):
         assert value.device_name() == device and np.array_equal(value.numpy(), expected)
-    assert host[0].shape[:3] == (6, out.keys[0].shape()[1], 3)
-    assert not host[0][:, :, :2].any() and np.array_equal(host[0][:3, :, 2:], keys[0].numpy())
+    assert host[0].shape[:3] == (6, out.keys[0].shape()[1], 6)
+    assert np.array_equal(host[0][:3, :, :4], keys[0].numpy()) and not host[0][:3, :, 4:].any()
+    assert np.array_equal(host[0][3:, :, :1], out.keys[0].numpy()) and not host[0][3:, :, 1:].any()
 
 
 def test_cuda_unavailable_falls_back_with_one_clear_line(tiny_version, caplog, monkeypatch):

@@ -4,9 +4,9 @@ An `Engine` holds the rows in flight (sentences x beams) in one key/value cache 
 them together, one decoder step at a time. Between two steps finished sentences leave and
 waiting ones join, their sources encoded as they join: a sentence never waits for a batch to
 end, and a batch never waits for its longest sentence with idle rows. Each row carries its own
-position (the decoder step takes per-row positions over a left-padded cache, export/graphs.py),
-EOS rule and output budget, and each sentence its own options (beam size, length penalty,
-min/max length, n-best), so sentences with different options share steps.
+position (the decoder step takes per-row positions, export/graphs.py), EOS rule and output
+budget, and each sentence its own options (beam size, length penalty, min/max length, n-best),
+so sentences with different options share steps.
 
 A `Scheduler` feeds `streams` engines from one queue of waiting sentences, lowest `priority`
 first. Each engine decodes in its own thread, started when there is work and ended when there
@@ -105,11 +105,17 @@ class Engine:
     """The rows in flight on one stream, and the step that advances them.
 
     Rows are slots: a sentence holds one slot per beam for its whole life, so its source's
-    cross-attention cache is written once, when it joins, and never moved; beams reorder the
-    self-attention cache, which each step copies anyway. A finished sentence leaves its slots
-    free for the next one to join (its cache entries are masked out by position and source
-    mask, never read); free slots are dropped when they are more than a quarter of all.
+    cross-attention cache is written once, when it joins, and never moved. The self-attention
+    cache has room for `CAPACITY_STEP` more positions at a time: a step reads it and its new
+    keys and values are written into it in place, and a beam that continues another copies
+    only that row. A finished sentence leaves its slots free for the next one to join (its
+    cache entries are masked out by position and source mask, never read); free slots are
+    dropped when they are more than a quarter of all.
     """
+
+    # Room is made for this many positions at once: each growth copies the cache, each spare
+    # column costs every step a little attention (docs/benchmarks.md).
+    CAPACITY_STEP = 16
 
     def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
         self.graphs = graphs
@@ -145,7 +151,8 @@ class Engine:
             eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
                                *self._past)
-        self._past = (out.keys, out.values)
+        self._past = tuple(self.graphs.append(cache, self._positions, new)
+                           for cache, new in zip(self._past, (out.keys, out.values)))
         self._advance(out.top_log_probs, out.top_ids)
 
     def fail(self, error: Exception) -> None:
@@ -192,14 +199,15 @@ class Engine:
 
     def _arrange(self, joining: Sequence[Sentence]) -> None:
         """The slots of the next step: beams' caches reordered, newcomers in free slots (or new
-        ones), free slots dropped when there are many; each cache copied at most once."""
+        ones), free slots dropped when there are many, room for the next position; each cache
+        copied at most once."""
         slots = len(self._held)
         wanted = sum(s.rows for s in joining)
         compact = slots - self.rows - wanted > slots // 4  # many free slots: keep only the held ones
         if not (joining or compact):
             if self.live:
                 self._reorder_past()
-                self._narrow_cross()
+                self._fit()
             else:
                 self._clear()
             return
@@ -215,10 +223,12 @@ class Engine:
         slots = len(layout) + added
         past_from = layout if self._origins is None else self._origins[layout]
         positions = np.concatenate([self._positions[layout], np.zeros(added, np.int64)])
-        self._past = self._arranged_past(past_from, int(positions.max(initial=0)), added)
+        room = self._room(int(positions.max(initial=0)) + 1)
+        self._past = tuple(self._arranged(cache, past_from, added, room) for cache in self._past) \
+            if self._past[0] else self.graphs.empty_cache(added, room)
         self._origins = None
         source_width = max([live.source_length for live in self.live] + [len(s.ids) for s in joining], default=0)
-        self._cross = tuple(self._arranged_cross(cache, layout, added, source_width) for cache in self._cross)
+        self._cross = tuple(self._arranged(cache, layout, added, source_width) for cache in self._cross)
         mask = np.zeros((slots, _width(self._cross[0][0]) if self._cross[0] else source_width), bool)
         old_mask = self._source_mask[layout, : mask.shape[1]]
         mask[: len(layout), : old_mask.shape[1]] = old_mask
@@ -231,39 +241,31 @@ class Engine:
         if not self.live:
             self._clear()
 
+    def _room(self, needed: int) -> int:
+        """The self-attention cache's width for `needed` positions: a multiple of CAPACITY_STEP."""
+        return min(self.graphs.config.max_positions, -(-needed // self.CAPACITY_STEP) * self.CAPACITY_STEP)
+
     def _reorder_past(self) -> None:
-        """Only the beams' reordering, and trimming where a third of the columns is unused."""
-        present, width = _width(self._past[0][0]), int(self._positions.max())
-        if self._origins is not None or 3 * (present - width) > present:
-            rows = np.arange(len(self._held)) if self._origins is None else self._origins
-            self._past = tuple(self.graphs.select(cache, rows, (present - width, present)) for cache in self._past)
+        """The beams' reordering: each row that continues another beam takes a copy of its row."""
+        if self._origins is not None:
+            moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
+            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved]) for cache in self._past)
             self._origins = None
 
-    def _narrow_cross(self) -> None:
-        """Drop the source columns that no sentence needs any more, once they are a third."""
-        current, needed = _width(self._cross[0][0]), max(live.source_length for live in self.live)
-        if 3 * (current - needed) > current:
-            rows = np.arange(len(self._held))
-            self._cross = tuple(self.graphs.select(cache, rows, (0, needed)) for cache in self._cross)
-            self._source_mask = self._source_mask[:, :needed]
+    def _fit(self) -> None:
+        """Room in the self-attention cache for the next position; source and cache columns
+        that no sentence needs any more dropped, once they are a third."""
+        rows = np.arange(len(self._held))
+        self._past = tuple(self._arranged(cache, rows, 0, self._room(int(self._positions.max()) + 1))
+                           for cache in self._past)
+        needed = max(live.source_length for live in self.live)
+        self._cross = tuple(self._arranged(cache, rows, 0, needed) for cache in self._cross)
+        self._source_mask = self._source_mask[:, : _width(self._cross[0][0])]
 
-    def _arranged_past(self, rows: np.ndarray, width: int, added: int) -> tuple[Cache, Cache]:
-        """The self-attention cache of each kept slot (beams: of its origin), trimmed to `width`
-        columns where the copy is made anyway (or a third of them is unused), with `added`
-        empty slots after them."""
-        g = self.graphs
-        if not self._past[0]:
-            return g.empty_cache(added)
-        present = _width(self._past[0][0])
-        copying = added or not np.array_equal(rows, np.arange(len(rows))) or len(rows) != _shape(self._past[0][0])[0]
-        keep = width if copying or 3 * (present - width) > present else present
-        new = g.empty_cache(added) if added else (None, None)
-        return tuple(g.regroup(cache, rows, (present - keep, present), extra, keep, pad_left=True)
-                     for cache, extra in zip(self._past, new))
-
-    def _arranged_cross(self, cache: Cache, layout: np.ndarray, added: int, width: int) -> Cache:
-        """The cross-attention cache of the kept slots, widened or narrowed to `width` source
-        tokens where needed (narrowed only when copying anyway), with `added` slots after them."""
+    def _arranged(self, cache: Cache, layout: np.ndarray, added: int, width: int) -> Cache:
+        """A cache's slots `layout` (in that order) with `added` zero slots after them, `width`
+        columns wide where more are needed, or where the copy is made anyway or a third of the
+        columns is unused; the cache itself when none of that changes anything."""
         g = self.graphs
         if not cache:
             return cache
@@ -272,7 +274,7 @@ class Engine:
         target = width if (moving or width > current or 3 * (current - width) > current) else current
         if added or target > current:
             zeros = [np.zeros((added,) + _shape(t)[1:2] + (0,) + _shape(t)[3:], g.dtype) for t in cache]
-            return g.regroup(cache, layout, (0, min(current, target)), zeros, target, pad_left=False)
+            return g.regroup(cache, layout, (0, min(current, target)), zeros, target)
         return g.select(cache, layout, (0, target))
 
     def _admit(self, joining: Sequence[Sentence], free: list[int]) -> None:

@@ -9,26 +9,26 @@ encoder.onnx
 
 decoder.onnx (one step)
     in   tokens            int64   (batch, 1)             the previous token (BOS at step 0)
-         positions         int64   (batch,)               each row's cached tokens (<= past_len): the
-                                                          row's cache is the last `positions` columns
+         positions         int64   (batch,)               each row's cached tokens (<= capacity): the
+                                                          row's cache is its first `positions` columns
          source_mask       bool    (batch, source_len)    True at real source tokens
          eos_allowed       bool    (batch,)               False while the row's min_length is not reached
          cross_key_{i}     float32 (batch, heads, source_len, head_dim)
          cross_value_{i}   float32 (batch, heads, source_len, head_dim)
-         past_key_{i}      float32 (batch, heads, past_len, head_dim)
-         past_value_{i}    float32 (batch, heads, past_len, head_dim)
+         cache_key_{i}     float32 (batch, heads, capacity, head_dim)   read only; columns from
+         cache_value_{i}   float32 (batch, heads, capacity, head_dim)   positions[b] on are ignored
     out  logits            float32 (batch, vocab)         next-token logits
          top_log_probs     float32 (batch, TOP_K)         best next-token log-probabilities, best first
          top_ids           int64   (batch, TOP_K)         their token ids
-         present_key_{i}   float32 (batch, heads, past_len + 1, head_dim)
-         present_value_{i} float32 (batch, heads, past_len + 1, head_dim)
+         new_key_{i}       float32 (batch, heads, 1, head_dim)   this position's key and value: the
+         new_value_{i}     float32 (batch, heads, 1, head_dim)   caller writes them at column positions[b]
 """
 
 from __future__ import annotations
 
 
 def cache_names(prefix: str, layers: int) -> list[str]:
-    """Input or output names of a per-layer cache: e.g. past_key_0 .. past_key_{L-1}, then the values."""
+    """Input or output names of a per-layer cache: e.g. cache_key_0 .. cache_key_{L-1}, then the values."""
     return [f"{prefix}_{kind}_{i}" for kind in ("key", "value") for i in range(layers)]
 
 
@@ -39,6 +39,6 @@ def encoder_names(layers: int) -> tuple[list[str], list[str]]:
 
 def decoder_names(layers: int) -> tuple[list[str], list[str]]:
     """The decoder step graph's input and output names."""
-    inputs = ["tokens", "positions", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("past", layers)]
-    outputs = ["logits", "top_log_probs", "top_ids", *cache_names("present", layers)]
+    inputs = ["tokens", "positions", "source_mask", "eos_allowed", *cache_names("cross", layers), *cache_names("cache", layers)]
+    outputs = ["logits", "top_log_probs", "top_ids", *cache_names("new", layers)]
     return inputs, outputs

@@ -1,14 +1,16 @@
 """A model version's ONNX graphs behind two calls: encode a batch, run one decoder step.
 
 Input and output names and shapes are the contract in server/runtime/graph_io.py: every cache is a
-list of tensors, one (B, H, P, Dh) tensor per decoder layer. No torch here.
+list of tensors, one (B, H, C, Dh) tensor per decoder layer, each row's entries in its first
+columns (right-padded). The decoder step only reads the self-attention cache and returns the
+new position's keys and values; `append` writes them in place. No torch here.
 
 Where the cache lives (SessionConfig.device_cache): as numpy arrays, or as ONNX Runtime values
 on the execution device. On CUDA it stays on the GPU from step to step through I/O binding:
-each step's `present_*` outputs are bound as the next step's `past_*` inputs, rows are
-reordered, trimmed and joined by small graphs on the device, and only the best tokens and
-their scores come back to the host. The decode loop (server/runtime/engine.py) never looks inside
-a cache; it changes one only through `select` and `join`, so both placements share that loop.
+new positions are written into it in place by a TensorScatter graph, rows are moved, trimmed
+and joined by small graphs on the device, and only the best tokens and their scores come back
+to the host. The decode loop (server/runtime/engine.py) never looks inside a cache; it changes
+one only through the cache operations here, so both placements share that loop.
 """
 
 from __future__ import annotations
@@ -27,23 +29,24 @@ from server.runtime.repository import Manifest, load_manifest
 from server.runtime.sessions import CUDA, SessionConfig, create_session
 
 Tensor = np.ndarray | ort.OrtValue
-Cache = list[Tensor]  # one (B, H, P, Dh) tensor per decoder layer
+Cache = list[Tensor]  # one (B, H, C, Dh) tensor per decoder layer
 
 
 @dataclass
 class StepOutput:
     top_log_probs: np.ndarray  # (B, TOP_K) float32: the best next tokens' log-probabilities, best first
     top_ids: np.ndarray  # (B, TOP_K) int64
-    keys: Cache  # the cache for the next step, (B, H, P+1, Dh) per layer
+    keys: Cache  # this position's keys, (B, H, 1, Dh) per layer, for `append`
     values: Cache
 
 
-def _graph(nodes: list, inputs: list, outputs: list, name: str) -> bytes:
+def _graph(nodes: list, inputs: list, outputs: list, name: str, opset: int = 18) -> bytes:
     from onnx import helper
 
     model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9  # what ONNX Runtime releases of the last two years all read
+                              opset_imports=[helper.make_opsetid("", opset)])
+    # The oldest IR version that carries the opset: what the most ONNX Runtime releases read.
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     return model.SerializeToString()
 
 
@@ -70,9 +73,9 @@ def select_graph(count: int, dtype: np.dtype) -> bytes:
 
 
 def join_graph(count: int, dtype: np.dtype) -> bytes:
-    """A graph taking `count` pairs of tensors a_i (A, H, Pa, Dh), b_i (B, H, Pb, Dh) and their
-    zero paddings along axis 2, `pad_a` and `pad_b` (8,) int64 in ONNX Pad order: each pair
-    padded to one width and stacked, a's rows first."""
+    """A graph taking `count` pairs of tensors a_i (A, H, Pa, Dh), b_i (B, H, Pb, Dh) and the
+    zero padding on the right of axis 2 of each, `pad_a` and `pad_b` (8,) int64 in ONNX Pad
+    order: each pair padded to one width and stacked, a's rows first."""
     from onnx import TensorProto, helper
 
     element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
@@ -102,6 +105,21 @@ def write_graph(count: int, dtype: np.dtype) -> bytes:
                   [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "write")
 
 
+def append_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `positions` (B,) int64, `count` tensors x_i (B, H, C, Dh) and as many n_i
+    (B, H, 1, Dh): each x_i with column positions[b] of row b set to n_i's row b. TensorScatter
+    writes in place when its output is bound to its input's buffer."""
+    from onnx import TensorProto, helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return _graph([helper.make_node("TensorScatter", [f"x{i}", f"n{i}", "positions"], [f"y{i}"], axis=2)
+                   for i in range(count)],
+                  [helper.make_tensor_value_info("positions", TensorProto.INT64, ["b"]),
+                   *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count)),
+                   *(helper.make_tensor_value_info(f"n{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "append", opset=24)
+
+
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
 
@@ -120,8 +138,8 @@ class OnnxGraphs:
         self.dtype = np.float16 if self.encoder.get_outputs()[0].type == "tensor(float16)" else np.float32
         layers = self.config.decoder_layers
         self._cross_names = cache_names("cross", layers)
-        self._past_names = cache_names("past", layers)
-        self._present_names = cache_names("present", layers)
+        self._cache_names = cache_names("cache", layers)
+        self._new_names = cache_names("new", layers)
         on_cuda = self.provider == CUDA
         self.device_cache = on_cuda if session_config.device_cache is None else session_config.device_cache
         self._device = ("cuda", 0) if on_cuda else ("cpu", 0)
@@ -164,17 +182,17 @@ class OnnxGraphs:
         layers = self.config.decoder_layers
         return outputs[:layers], outputs[layers:]
 
-    def empty_cache(self, batch: int) -> tuple[Cache, Cache]:
-        """A self-attention cache holding no positions. Empty host arrays on every device:
-        binding one copies nothing."""
+    def empty_cache(self, batch: int, width: int = 0) -> tuple[Cache, Cache]:
+        """A self-attention cache of `width` zero columns (room for that many positions). Host
+        arrays on every device: the cache operations move them where the cache lives."""
         c = self.config
-        shape = (batch, c.heads, 0, c.head_dim)
+        shape = (batch, c.heads, width, c.head_dim)
         return ([np.zeros(shape, self.dtype) for _ in range(c.decoder_layers)],
                 [np.zeros(shape, self.dtype) for _ in range(c.decoder_layers)])
 
     def select(self, cache: Cache, rows: Sequence[int] | np.ndarray, columns: tuple[int, int] | None = None) -> Cache:
-        """The cache's batch rows `rows` in that order (beams reordered, finished rows dropped),
-        and of its axis 2 (cached positions or source tokens) the columns [start, stop).
+        """The cache's batch rows `rows` in that order, and of its axis 2 (positions or source
+        tokens) the columns [start, stop).
 
         Selecting every row in place and every column returns the cache as it is, copying nothing.
         """
@@ -191,16 +209,12 @@ class OnnxGraphs:
         feeds.update((f"x{i}", t) for i, t in enumerate(cache))
         return self._run(self._cache_op("select", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
 
-    def join(self, first: Cache, second: Cache, width: int, *, pad_left: bool) -> Cache:
-        """The rows of `first` then those of `second`, each padded with zeros along axis 2 to
-        `width` columns: on the left for self-attention caches (a row's positions are its last
-        columns), on the right for cross-attention caches (source tokens come first)."""
+    def join(self, first: Cache, second: Cache, width: int) -> Cache:
+        """The rows of `first` then those of `second`, each padded on the right of axis 2 with
+        zeros to `width` columns."""
         if isinstance(first[0], np.ndarray) and isinstance(second[0], np.ndarray):
-            return self.regroup(first, np.arange(first[0].shape[0]), (0, first[0].shape[2]), second, width,
-                                pad_left=pad_left)
-        pads = [np.array([0, 0, width - _shape(t[0])[2] if pad_left else 0, 0,
-                          0, 0, 0 if pad_left else width - _shape(t[0])[2], 0], dtype=np.int64)
-                for t in (first, second)]
+            return self.regroup(first, np.arange(first[0].shape[0]), (0, first[0].shape[2]), second, width)
+        pads = [np.array([0, 0, 0, 0, 0, 0, width - _shape(t[0])[2], 0], dtype=np.int64) for t in (first, second)]
         feeds = {"pad_a": pads[0], "pad_b": pads[1]}
         feeds.update((f"a{i}", t) for i, t in enumerate(first))
         feeds.update((f"b{i}", t) for i, t in enumerate(second))
@@ -217,69 +231,99 @@ class OnnxGraphs:
         width = _shape(cache[0])[2]
         if _shape(new[0])[2] != width:
             nothing = [np.zeros((0, *_shape(t)[1:2], 0, *_shape(t)[3:]), self.dtype) for t in new]
-            new = self.join(new, nothing, width, pad_left=False)
+            new = self.join(new, nothing, width)
         feeds = {"rows": np.asarray(rows, np.int64).reshape(-1, 1)}
         feeds.update((f"x{i}", t) for i, t in enumerate(cache))
         feeds.update((f"u{i}", t) for i, t in enumerate(new))
         return self._run(self._cache_op("write", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
 
-    def regroup(self, cache: Cache, rows: Sequence[int], columns: tuple[int, int], new: Cache | None, width: int, *,
-                pad_left: bool) -> Cache:
+    def move(self, cache: Cache, targets: np.ndarray, sources: np.ndarray) -> Cache:
+        """The cache with rows `targets` replaced by rows `sources` (beams continuing other
+        beams): only those rows are copied, host arrays in place."""
+        if not len(targets):
+            return cache
+        if isinstance(cache[0], np.ndarray):
+            for t in cache:
+                t[targets] = t[sources]  # numpy gathers the sources before it writes: overlaps are safe
+            return cache
+        return self.write(cache, targets, self.select(cache, sources))
+
+    def append(self, cache: Cache, positions: np.ndarray, new: Cache) -> Cache:
+        """The cache with each row's new position written at column positions[b], in place.
+
+        new: (B, H, 1, Dh) per layer, a decoder step's keys or values; positions[b] < the
+        cache's width.
+        """
+        if isinstance(cache[0], np.ndarray) and isinstance(new[0], np.ndarray):
+            rows = np.arange(len(positions))
+            for t, n in zip(cache, new):
+                t[rows, :, positions] = n[:, :, 0]
+            return cache
+        cache = [t if isinstance(t, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(t, *self._device) for t in cache]
+        binding = self._cache_op("append", len(cache)).io_binding()
+        binding.bind_cpu_input("positions", np.asarray(positions, np.int64))
+        for i, (t, n) in enumerate(zip(cache, new)):
+            binding.bind_ortvalue_input(f"x{i}", t)
+            binding.bind_ortvalue_input(f"n{i}", n)
+            binding.bind_ortvalue_output(f"y{i}", t)  # the same buffer: TensorScatter writes in place
+        self._cache_op("append", len(cache)).run_with_iobinding(binding)
+        return cache
+
+    def regroup(self, cache: Cache, rows: Sequence[int], columns: tuple[int, int], new: Cache | None,
+                width: int) -> Cache:
         """`join(select(cache, rows, columns), new, width)`, or just the `select` without `new`;
         on host arrays in one copy of each tensor."""
         if new is None:
             return self.select(cache, rows, columns)
         if not cache or not isinstance(cache[0], np.ndarray) or not isinstance(new[0], np.ndarray):
-            return self.join(self.select(cache, rows, columns), new, width, pad_left=pad_left)
+            return self.join(self.select(cache, rows, columns), new, width)
         rows = np.asarray(rows, dtype=np.int64)
         start, stop = columns
         out = []
         for old, added in zip(cache, new):
             t = np.zeros((len(rows) + added.shape[0], old.shape[1], width, old.shape[3]), old.dtype)
-            kept = slice(width - (stop - start), width) if pad_left else slice(0, stop - start)
-            if kept == slice(0, width):
+            if stop - start == width:
                 np.take(old[:, :, start:stop], rows, axis=0, out=t[: len(rows)], mode="clip")
             else:
-                t[: len(rows), :, kept] = np.take(old[:, :, start:stop], rows, axis=0)
-            if pad_left:
-                t[len(rows):, :, width - added.shape[2]:] = added
-            else:
-                t[len(rows):, :, : added.shape[2]] = added
+                t[: len(rows), :, : stop - start] = np.take(old[:, :, start:stop], rows, axis=0)
+            t[len(rows):, :, : added.shape[2]] = added
             out.append(t)
         return out
 
     def _cache_op(self, kind: str, count: int) -> ort.InferenceSession:
         with self._cache_ops_lock:
             if (kind, count) not in self._cache_ops:
-                build = {"select": select_graph, "join": join_graph, "write": write_graph}[kind]
+                build = {"select": select_graph, "join": join_graph, "write": write_graph,
+                         "append": append_graph}[kind]
                 self._cache_ops[kind, count] = create_session(build(count, self.dtype), self.session_config)
             return self._cache_ops[kind, count]
 
     def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
-                cross_values: Cache, source_mask: np.ndarray, past_keys: Cache,
-                past_values: Cache) -> dict[str, Tensor]:
+                cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache,
+                cache_values: Cache) -> dict[str, Tensor]:
         feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed}
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
-        feeds.update(zip(self._past_names, [*past_keys, *past_values]))
+        feeds.update(zip(self._cache_names, [*cache_keys, *cache_values]))
         return feeds
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
-             cross_values: Cache, source_mask: np.ndarray, past_keys: Cache, past_values: Cache) -> StepOutput:
-        """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the last
-        columns of the (B, H, P, Dh) cache.
+             cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache) -> StepOutput:
+        """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the first
+        columns of the (B, H, C, Dh) cache, which the step reads and does not change.
 
         The graph applies the decoding rules (no PAD or BOS; EOS only where `eos_allowed`) and
-        returns each row's best tokens; the full logits are not fetched.
+        returns each row's best tokens and this position's keys and values; the full logits
+        are not fetched.
         """
-        feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, past_keys,
-                             past_values)
-        top_log_probs, top_ids, *cache = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"],
-                                                   self._present_names)
+        feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, cache_keys,
+                             cache_values)
+        top_log_probs, top_ids, *new = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"], self._new_names)
         layers = self.config.decoder_layers
-        return StepOutput(top_log_probs.astype(np.float32, copy=False), top_ids, cache[:layers], cache[layers:])
+        return StepOutput(top_log_probs.astype(np.float32, copy=False), top_ids, new[:layers], new[layers:])
 
     def step_logits(self, *args, **kwargs) -> tuple[np.ndarray, Cache, Cache]:
-        """Logits (B, V) and the grown cache of one step (arguments as `step`): for parity checks."""
+        """Logits (B, V) and the new position's keys and values of one step (arguments as
+        `step`): for parity checks."""
         layers = self.config.decoder_layers
-        logits, *cache = self._run(self.decoder, self._inputs(*args, **kwargs), ["logits"], self._present_names)
-        return logits, cache[:layers], cache[layers:]
+        logits, *new = self._run(self.decoder, self._inputs(*args, **kwargs), ["logits"], self._new_names)
+        return logits, new[:layers], new[layers:]

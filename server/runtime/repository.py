@@ -25,7 +25,10 @@ from server.runtime.confidence import Calibration
 from server.runtime.parity_report import ParityReport
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 2: the decoder step takes per-row positions (export/graphs.py)
+MANIFEST_FORMAT = 3  # 3: the decoder step reads its cache and returns the new position's keys (export/graphs.py)
+# Older formats' decoder graphs, and why the runtime cannot run them.
+_OUTDATED_FORMATS = {1: "its decoder graph predates per-row positions, which step-level batching needs",
+                     2: "its decoder graph returns a grown copy of the cache; the runtime keeps one in place"}
 
 
 class ModelVersionError(Exception):
@@ -66,9 +69,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
-        if data.get("format") == 1:
-            raise ModelVersionError("manifest format 1: its decoder graph predates per-row positions, which "
-                                    "step-level batching needs; export the version again with rosetta-export")
+        if data.get("format") in _OUTDATED_FORMATS:
+            raise ModelVersionError(f"manifest format {data['format']}: {_OUTDATED_FORMATS[data['format']]}; "
+                                    "export the version again with rosetta-export")
         if data.get("format") != MANIFEST_FORMAT:
             raise ModelVersionError(f"manifest format {data.get('format')!r} is not {MANIFEST_FORMAT}")
         data["parity"] = ParityReport.from_dict(data["parity"]) if data.get("parity") else None

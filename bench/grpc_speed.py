@@ -10,9 +10,10 @@ model version on the same cores, and for each client count that many concurrent 
 (coroutines on one grpc.aio channel each) send one `Translate` call per text until all are
 done; the server's dynamic batching gathers them. Meanwhile a probe asks the health service
 every 50 ms (the event loop must stay free while batches decode). Reported per client count:
-texts/s, its ratio to in-process, latency p50/p95/p99, errors, and the health probe's worst
-latency. Also the server's time from start to the "serving" line (health SERVING) and its
-resident memory (current and peak).
+texts/s, its ratio to in-process, latency p50/p95/p99, errors, the health probe's worst
+latency, and the server's resident memory while the clients are served (sampled every 100 ms:
+median and maximum). Also the server's time from start to the "serving" line (health SERVING)
+and its resident memory after the runs (current and peak).
 
 Both sides decode with the service's default options (beam 4). The client runs in this
 process on the same machine, so it takes CPU from the server: the ratios include that cost.
@@ -93,6 +94,15 @@ class ServerProcess:
         self.process.wait(timeout=60)
 
 
+async def memory_probe(server: ServerProcess, done: asyncio.Event) -> list[float]:
+    """The server's resident memory (MB) every 100 ms until `done`."""
+    samples = []
+    while not done.is_set():
+        samples.append(server.memory_mb()["rss_mb"])
+        await asyncio.sleep(0.1)
+    return samples
+
+
 async def health_probe(address: str, done: asyncio.Event) -> list[float]:
     """Latencies of health checks every 50 ms until `done`."""
     latencies = []
@@ -106,8 +116,11 @@ async def health_probe(address: str, done: asyncio.Event) -> list[float]:
     return latencies
 
 
-async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[float, list[float], int, list[float]]:
-    """`clients` concurrent callers share the texts; returns seconds, latencies, errors, health latencies."""
+async def clients_pass(server: ServerProcess, texts: list[str],
+                       clients: int) -> tuple[float, list[float], int, list[float], list[float]]:
+    """`clients` concurrent callers share the texts; returns seconds, latencies, errors, health
+    latencies and the server's resident memory samples."""
+    address = server.address
     queue: asyncio.Queue[str] = asyncio.Queue()
     for text in texts:
         queue.put_nowait(text)
@@ -129,26 +142,29 @@ async def clients_pass(address: str, texts: list[str], clients: int) -> tuple[fl
 
     done = asyncio.Event()
     probe = asyncio.create_task(health_probe(address, done))
+    memory = asyncio.create_task(memory_probe(server, done))
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - started
     done.set()
-    return seconds, latencies, errors, await probe
+    return seconds, latencies, errors, await probe, await memory
 
 
 def service(server: ServerProcess, texts: list[str], clients: int, repeats: int) -> dict:
-    asyncio.run(clients_pass(server.address, texts[: max(clients, 16)], clients))  # warm-up
-    seconds, latencies, errors, health = [], [], 0, []
+    asyncio.run(clients_pass(server, texts[: max(clients, 16)], clients))  # warm-up
+    seconds, latencies, errors, health, memory = [], [], 0, [], []
     for _ in range(repeats):
-        s, lat, err, probes = asyncio.run(clients_pass(server.address, texts, clients))
+        s, lat, err, probes, rss = asyncio.run(clients_pass(server, texts, clients))
         seconds.append(s)
         latencies += lat
         errors += err
         health += probes
+        memory += rss
     return {"clients": clients, "texts_per_s": len(texts) / statistics.median(seconds),
             "p50_ms": 1000 * percentile(latencies, 50), "p95_ms": 1000 * percentile(latencies, 95),
             "p99_ms": 1000 * percentile(latencies, 99), "errors": errors, "calls": len(latencies) + errors,
-            "health_max_ms": 1000 * max(health), "health_checks": len(health)}
+            "health_max_ms": 1000 * max(health), "health_checks": len(health),
+            "rss_under_load_median_mb": statistics.median(memory), "rss_under_load_max_mb": max(memory)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time to SERVING {server.seconds_to_serving:.2f} s; server RSS {memory['rss_mb']:.0f} MB "
           f"(peak {memory['peak_rss_mb']:.0f} MB)")
     print(f"{'clients':>7} {'texts/s':>8} {'vs in-process':>13} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6} "
-          f"{'health max ms':>13}")
+          f"{'health max ms':>13} {'RSS MB (median/max)':>19}")
     for r in rows:
         print(f"{r['clients']:>7} {r['texts_per_s']:>8.1f} {r['ratio_to_in_process']:>13.2f} {r['p50_ms']:>8.0f} "
-              f"{r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>6} {r['health_max_ms']:>13.1f}")
+              f"{r['p95_ms']:>8.0f} {r['p99_ms']:>8.0f} {r['errors']:>6} {r['health_max_ms']:>13.1f} "
+              f"{r['rss_under_load_median_mb']:>9.0f}/{r['rss_under_load_max_mb']:.0f}")
     print(f"results: {args.output}")
     return 1 if any(r["errors"] for r in rows) else 0
 

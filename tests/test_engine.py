@@ -204,3 +204,12 @@ def test_graphs_that_translate_ids_used_are_freed_once_their_threads_end(tiny_ve
             break
         threading.Event().wait(0.01)
     assert freed() is None
+
+
+def test_engines_have_glibc_map_their_caches_so_freed_ones_leave_the_process():
+    """server/runtime/allocator.py: with malloc's mmap threshold fixed, a cache that the engine
+    replaces is unmapped when freed instead of staying in malloc's heap (this image runs glibc)."""
+    from server.runtime.allocator import map_large_blocks
+
+    map_large_blocks.cache_clear()
+    assert map_large_blocks() is True

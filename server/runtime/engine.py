@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
+from server.runtime.allocator import map_large_blocks
 from server.runtime.graphs import Cache, OnnxGraphs
 
 log = logging.getLogger("rosetta.engine")
@@ -120,6 +121,7 @@ class Engine:
     def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
         self.graphs = graphs
         self.max_rows = max_rows
+        map_large_blocks()  # caches freed by the engine go back to the OS (server/runtime/allocator.py)
         self._clear()
 
     def _clear(self) -> None:
@@ -211,6 +213,7 @@ class Engine:
             else:
                 self._clear()
             return
+        self._reorder_past()
         free = np.flatnonzero(~self._held).tolist()
         layout = np.arange(slots)  # the old slot of each slot
         if compact:
@@ -221,12 +224,10 @@ class Engine:
             live.slots = [renumber[slot] for slot in live.slots]
         free = [renumber[slot] for slot in free] + list(range(len(layout), len(layout) + added))
         slots = len(layout) + added
-        past_from = layout if self._origins is None else self._origins[layout]
         positions = np.concatenate([self._positions[layout], np.zeros(added, np.int64)])
         room = self._room(int(positions.max(initial=0)) + 1)
-        self._past = tuple(self._arranged(cache, past_from, added, room) for cache in self._past) \
+        self._past = tuple(self._arranged(cache, layout, added, room) for cache in self._past) \
             if self._past[0] else self.graphs.empty_cache(added, room)
-        self._origins = None
         source_width = max([live.source_length for live in self.live] + [len(s.ids) for s in joining], default=0)
         self._cross = tuple(self._arranged(cache, layout, added, source_width) for cache in self._cross)
         mask = np.zeros((slots, _width(self._cross[0][0]) if self._cross[0] else source_width), bool)

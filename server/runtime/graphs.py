@@ -120,6 +120,20 @@ def append_graph(count: int, dtype: np.dtype) -> bytes:
                   [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "append", opset=24)
 
 
+def _copy_rows(source: np.ndarray, rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    """out[i, :, :stop - start] = source[rows[i], :, start:stop], copying each value once: numpy's
+    fancy indexing of a column slice would first copy the slice, then the gathered rows (measured:
+    gigabytes of transient arrays a minute under load)."""
+    kept = stop - start
+    if len(rows) == source.shape[0] and np.array_equal(rows, np.arange(len(rows))):
+        out[:, :, :kept] = source[:, :, start:stop]
+    elif kept == source.shape[2] == out.shape[2]:
+        np.take(source, rows, axis=0, out=out, mode="clip")  # "raise" would buffer `out`
+    else:
+        for i, row in enumerate(rows.tolist()):
+            out[i, :, :kept] = source[row, :, start:stop]
+
+
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
 
@@ -145,6 +159,7 @@ class OnnxGraphs:
         self._device = ("cuda", 0) if on_cuda else ("cpu", 0)
         self._cache_ops: dict[tuple[str, int], ort.InferenceSession] = {}  # built on first use
         self._cache_ops_lock = threading.Lock()
+        self._thread_scratch = threading.local()  # `move`'s row buffers, one per decoding thread
         # Decoding streams: engines decoding at the same time on these sessions, one thread each.
         self.streams = session_config.streams or (1 if on_cuda else session_config.cpu_streams())
         # The decode loops that `translate_ids` calls on these graphs share, by row limit, so that
@@ -204,7 +219,10 @@ class OnnxGraphs:
         if (start, stop) == (0, width) and len(rows) == batch and np.array_equal(rows, np.arange(batch)):
             return cache
         if isinstance(cache[0], np.ndarray):
-            return [np.take(t[:, :, start:stop], rows, axis=0) for t in cache]
+            out = [np.empty((len(rows), t.shape[1], stop - start, t.shape[3]), t.dtype) for t in cache]
+            for old, new in zip(cache, out):
+                _copy_rows(old, rows, start, stop, new)
+            return out
         feeds = {"rows": rows, "columns": np.array([start, stop], dtype=np.int64)}
         feeds.update((f"x{i}", t) for i, t in enumerate(cache))
         return self._run(self._cache_op("select", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
@@ -244,9 +262,20 @@ class OnnxGraphs:
             return cache
         if isinstance(cache[0], np.ndarray):
             for t in cache:
-                t[targets] = t[sources]  # numpy gathers the sources before it writes: overlaps are safe
+                # Gathered into a buffer first (a target may be another's source), one per thread and
+                # reused: a fresh array per tensor and step made the allocator churn through megabytes.
+                rows = self._scratch(t.dtype, len(sources) * t[0].size).reshape(len(sources), *t.shape[1:])
+                np.take(t, sources, axis=0, out=rows, mode="clip")  # "raise" would buffer `out`
+                t[targets] = rows
             return cache
         return self.write(cache, targets, self.select(cache, sources))
+
+    def _scratch(self, dtype: np.dtype, size: int) -> np.ndarray:
+        """This thread's scratch buffer, at least `size` elements of `dtype` (grown as needed)."""
+        buffer = getattr(self._thread_scratch, "buffer", None)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = self._thread_scratch.buffer = np.empty(max(size, 2 * (0 if buffer is None else buffer.size)), dtype)
+        return buffer[:size]
 
     def append(self, cache: Cache, positions: np.ndarray, new: Cache) -> Cache:
         """The cache with each row's new position written at column positions[b], in place.
@@ -282,10 +311,7 @@ class OnnxGraphs:
         out = []
         for old, added in zip(cache, new):
             t = np.zeros((len(rows) + added.shape[0], old.shape[1], width, old.shape[3]), old.dtype)
-            if stop - start == width:
-                np.take(old[:, :, start:stop], rows, axis=0, out=t[: len(rows)], mode="clip")
-            else:
-                t[: len(rows), :, : stop - start] = np.take(old[:, :, start:stop], rows, axis=0)
+            _copy_rows(old, rows, start, stop, t[: len(rows)])
             t[len(rows):, :, : added.shape[2]] = added
             out.append(t)
         return out

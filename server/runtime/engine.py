@@ -256,23 +256,33 @@ class Engine:
     def _fit(self) -> None:
         """Room in the self-attention cache for the next position; source and cache columns
         that no sentence needs any more dropped, once they are a third."""
-        rows = np.arange(len(self._held))
-        self._past = tuple(self._arranged(cache, rows, 0, self._room(int(self._positions.max()) + 1))
-                           for cache in self._past)
+        room = self._room(int(self._positions.max()) + 1)
+        if self._resized(_width(self._past[0][0]), room):
+            self._past = tuple(self._arranged(cache, None, 0, room) for cache in self._past)
         needed = max(live.source_length for live in self.live)
-        self._cross = tuple(self._arranged(cache, rows, 0, needed) for cache in self._cross)
-        self._source_mask = self._source_mask[:, : _width(self._cross[0][0])]
+        if self._resized(_width(self._cross[0][0]), needed):
+            self._cross = tuple(self._arranged(cache, None, 0, needed) for cache in self._cross)
+            self._source_mask = self._source_mask[:, :needed]
 
-    def _arranged(self, cache: Cache, layout: np.ndarray, added: int, width: int) -> Cache:
-        """A cache's slots `layout` (in that order) with `added` zero slots after them, `width`
-        columns wide where more are needed, or where the copy is made anyway or a third of the
-        columns is unused; the cache itself when none of that changes anything."""
+    @staticmethod
+    def _resized(current: int, width: int) -> bool:
+        """Whether a cache `current` columns wide is copied to `width`: always to widen, and to
+        narrow once a third of its columns is unused."""
+        return width > current or 3 * (current - width) > current
+
+    def _arranged(self, cache: Cache, layout: np.ndarray | None, added: int, width: int) -> Cache:
+        """A cache's slots `layout` in that order (None: all, in place) with `added` zero slots
+        after them, `width` columns wide where more are needed, or where the copy is made
+        anyway or a third of the columns is unused; the cache itself when none of that changes
+        anything."""
         g = self.graphs
         if not cache:
             return cache
         current = _width(cache[0])
-        moving = len(layout) != _shape(cache[0])[0] or not np.array_equal(layout, np.arange(len(layout)))
-        target = width if (moving or width > current or 3 * (current - width) > current) else current
+        rows = _shape(cache[0])[0]
+        layout = np.arange(rows) if layout is None else layout
+        moving = len(layout) != rows or not np.array_equal(layout, np.arange(rows))
+        target = width if moving or self._resized(current, width) else current
         if added or target > current:
             zeros = [np.zeros((added,) + _shape(t)[1:2] + (0,) + _shape(t)[3:], g.dtype) for t in cache]
             return g.regroup(cache, layout, (0, min(current, target)), zeros, target)

@@ -6,11 +6,13 @@ Caches are one tensor per decoder layer (the model's `Cache`). The graphs' input
 names, types and shapes, are the contract in server/runtime/graph_io.py.
 
 The search itself runs in the graph's last nodes: log-softmax, the decoding rules (PAD and BOS
-never generated, EOS only when allowed) and top-k. A step then hands the Python loop 2 x 32
+never generated, EOS only when allowed) and top-k. A step then hands the Python loop 2 x k
 numbers per row instead of the whole vocabulary, and greedy search reads column 0. Beam
 search needs each row's best 2K (K beams): the best 2K of a sentence's K*V continuations are
-always among its rows' best 2K each. TOP_K = 2 * MAX_BEAM_SIZE. `logits` stays an output for
-the parity gate; a decode loop does not fetch it.
+always among its rows' best 2K each. k is the length of the `candidates` input, 2K for the
+widest beam in the step (at most MAX_CANDIDATES = 2 * MAX_BEAM_SIZE): a top-32 over the
+vocabulary costs 0.7 ms at 64 rows, a top-8 0.3 ms (docs/benchmarks.md). `logits` stays an
+output for the parity gate; a decode loop does not fetch it.
 
 One decoder graph serves every step, the first included: at step 0 every row has 0 cached tokens.
 
@@ -28,10 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.search import MAX_BEAM_SIZE
 from model.transformer import Cache, Transformer
-
-TOP_K = 2 * MAX_BEAM_SIZE
+from server.runtime.graph_io import MAX_CANDIDATES
 
 
 class EncoderGraph(nn.Module):
@@ -54,8 +54,9 @@ class DecoderStepGraph(nn.Module):
         super().__init__()
         self.model = model
         c = model.config
-        if c.vocab_size < TOP_K:
-            raise ValueError(f"the decoder step returns the best {TOP_K} tokens; the vocabulary has {c.vocab_size}")
+        if c.vocab_size < MAX_CANDIDATES:
+            raise ValueError(f"the decoder step returns up to the best {MAX_CANDIDATES} tokens; the vocabulary has "
+                             f"{c.vocab_size}")
         never = torch.zeros(c.vocab_size)
         never[[c.pad_id, c.bos_id]] = float("-inf")
         eos = torch.zeros(c.vocab_size)
@@ -69,6 +70,7 @@ class DecoderStepGraph(nn.Module):
         positions: torch.Tensor,
         source_mask: torch.Tensor,
         eos_allowed: torch.Tensor,
+        candidates: torch.Tensor,
         cross_keys: Cache,
         cross_values: Cache,
         cache_keys: Cache,
@@ -80,5 +82,5 @@ class DecoderStepGraph(nn.Module):
         logits = self.model.logits(hidden[:, -1])
         log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never
         log_probs = log_probs + torch.where(eos_allowed[:, None], torch.zeros_like(self.eos_penalty), self.eos_penalty)
-        top_log_probs, top_ids = log_probs.topk(TOP_K, dim=-1)
+        top_log_probs, top_ids = log_probs.topk(candidates.shape[0], dim=-1)
         return (logits, top_log_probs, top_ids, *keys, *values)

@@ -23,6 +23,7 @@ from torch.export import Dim
 from export.graphs import DecoderStepGraph, EncoderGraph
 from model.transformer import Transformer
 from server.runtime import decoder_names, encoder_names
+from server.runtime.graph_io import MAX_CANDIDATES
 
 OPSET = 18
 ENCODER_FILE = "encoder.onnx"
@@ -35,6 +36,7 @@ GRAPH_OPTIMIZATIONS = [
     "one key/value cache tensor per layer (no whole-cache split and stack per step)",
     "per-row positions and EOS rule: rows at different steps share a decoder step (step-level batching)",
     "the cache is read, never copied: a step returns only its new keys and values, written in place by the runtime",
+    "top-k as wide as the widest beam in the step needs (the candidates input), not the widest beam allowed",
 ]
 
 log = logging.getLogger("rosetta.export")
@@ -61,8 +63,8 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, capa
     # Rows at different lengths and one not allowed EOS, so both are traced as data.
     positions = torch.arange(capacity - 2, capacity - 2 - batch, -1).clamp(min=0)
     eos_allowed = torch.arange(batch) > 0
-    return source, (tokens, positions, model.source_mask(source), eos_allowed, cross_k, cross_v, cache,
-                    [t.clone() for t in cache])
+    return source, (tokens, positions, model.source_mask(source), eos_allowed, torch.zeros(8, dtype=torch.int64),
+                    cross_k, cross_v, cache, [t.clone() for t in cache])
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -94,7 +96,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     cross = [{0: batch, 2: source_len}] * layers
     _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
             {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: batch, 1: source_len},
-             "eos_allowed": {0: batch},
+             "eos_allowed": {0: batch}, "candidates": {0: Dim("candidates", min=1, max=MAX_CANDIDATES)},
              "cross_keys": cross, "cross_values": cross, "cache_keys": cache, "cache_values": cache},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

@@ -36,11 +36,11 @@ class RecordingGraphs:
     def __getattr__(self, name):
         return getattr(self.graphs, name)
 
-    def step(self, tokens, *args):
+    def step(self, tokens, *args, **options):
         self.step_rows.append(tokens.shape[0])
         if len(self.step_rows) == self.fail_at:
             raise RuntimeError("the decoder step failed")
-        return self.graphs.step(tokens, *args)
+        return self.graphs.step(tokens, *args, **options)
 
 
 class Collected:

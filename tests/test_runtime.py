@@ -14,6 +14,7 @@ from model.search import DecodeOptions
 from model.translate import translate_hypotheses
 from server.runtime import DeviceUnavailableError, SessionConfig, Translator, pad_ids, translate_ids
 from server.runtime import sessions
+from server.runtime.graph_io import MAX_CANDIDATES, candidates_for
 from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,9 +80,9 @@ class StepCounter:
     def __getattr__(self, name):
         return getattr(self.graphs, name)
 
-    def step(self, tokens, *args):
+    def step(self, tokens, *args, **options):
         self.step_rows.append(tokens.shape[0])
-        return self.graphs.step(tokens, *args)
+        return self.graphs.step(tokens, *args, **options)
 
 
 def test_abandoned_sentences_leave_the_batch_and_the_others_are_unchanged(translator):
@@ -137,6 +138,23 @@ def test_the_chosen_device_runs_the_graphs(translator, device):
 def test_the_cache_is_kept_on_the_device_by_default_on_cuda_only(tiny_version, device):
     graphs = Translator(tiny_version, SessionConfig(device=device)).graphs
     assert graphs.device_cache == (device == "cuda")
+
+
+def test_a_step_returns_as_many_best_tokens_as_asked_best_first(translator):
+    """The step's top-k width is an input (`candidates`): each row's best k tokens are the first
+    k of its best MAX_CANDIDATES, and the engine asks for 2 x its widest beam (greedy: 2)."""
+    graphs = translator.graphs
+    source = pad_ids(translator.encode(["The cat.", "The old red house.", "The dog."]), 0)
+    args = (np.full((3, 1), 1, dtype=np.int64), np.zeros(3, np.int64), np.ones(3, bool), *graphs.encode(source),
+            source != 0, *graphs.empty_cache(3, 4))
+    widest = graphs.step(*args, candidates=MAX_CANDIDATES)
+    assert widest.top_ids.shape == (3, MAX_CANDIDATES)
+    for k in (1, 2, 8):
+        out = graphs.step(*args, candidates=k)
+        assert out.top_ids.shape == out.top_log_probs.shape == (3, k)
+        assert np.array_equal(out.top_ids, widest.top_ids[:, :k])
+        assert np.array_equal(out.top_log_probs, widest.top_log_probs[:, :k])
+    assert [candidates_for(beam) for beam in (1, 4, 16)] == [2, 8, MAX_CANDIDATES]
 
 
 def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version, device):

@@ -35,6 +35,7 @@ import numpy as np
 
 from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
 from server.runtime.allocator import map_large_blocks
+from server.runtime.graph_io import candidates_for
 from server.runtime.graphs import Cache, OnnxGraphs
 
 log = logging.getLogger("rosetta.engine")
@@ -152,7 +153,7 @@ class Engine:
         for live in self.live:
             eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
-                               *self._past)
+                               *self._past, candidates=candidates_for(max(live.rows for live in self.live)))
         self._past = tuple(self.graphs.append(cache, self._positions, new)
                            for cache, new in zip(self._past, (out.keys, out.values)))
         self._advance(out.top_log_probs, out.top_ids)

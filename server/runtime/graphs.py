@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.config import ModelConfig
-from server.runtime.graph_io import cache_names
+from server.runtime.graph_io import MAX_CANDIDATES, cache_names
 from server.runtime.repository import Manifest, load_manifest
 from server.runtime.sessions import CUDA, SessionConfig, create_session
 
@@ -34,8 +34,8 @@ Cache = list[Tensor]  # one (B, H, C, Dh) tensor per decoder layer
 
 @dataclass
 class StepOutput:
-    top_log_probs: np.ndarray  # (B, TOP_K) float32: the best next tokens' log-probabilities, best first
-    top_ids: np.ndarray  # (B, TOP_K) int64
+    top_log_probs: np.ndarray  # (B, k) float32: the best next tokens' log-probabilities, best first
+    top_ids: np.ndarray  # (B, k) int64
     keys: Cache  # this position's keys, (B, H, 1, Dh) per layer, for `append`
     values: Cache
 
@@ -325,24 +325,26 @@ class OnnxGraphs:
             return self._cache_ops[kind, count]
 
     def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
-                cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache,
-                cache_values: Cache) -> dict[str, Tensor]:
-        feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed}
+                cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
+                candidates: int = MAX_CANDIDATES) -> dict[str, Tensor]:
+        feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed,
+                 "candidates": np.zeros(candidates, np.int64)}
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
         feeds.update(zip(self._cache_names, [*cache_keys, *cache_values]))
         return feeds
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
-             cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache) -> StepOutput:
+             cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
+             candidates: int = MAX_CANDIDATES) -> StepOutput:
         """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the first
         columns of the (B, H, C, Dh) cache, which the step reads and does not change.
 
         The graph applies the decoding rules (no PAD or BOS; EOS only where `eos_allowed`) and
-        returns each row's best tokens and this position's keys and values; the full logits
-        are not fetched.
+        returns each row's best `candidates` tokens (graph_io.candidates_for) and this
+        position's keys and values; the full logits are not fetched.
         """
         feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, cache_keys,
-                             cache_values)
+                             cache_values, candidates=candidates)
         top_log_probs, top_ids, *new = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"], self._new_names)
         layers = self.config.decoder_layers
         return StepOutput(top_log_probs.astype(np.float32, copy=False), top_ids, new[:layers], new[layers:])

@@ -104,15 +104,16 @@ def _compare_step(model: Transformer, graphs: OnnxGraphs, source: np.ndarray, pa
     noise = rng.standard_normal((batch, c.heads, past_len + spare, c.head_dim)).astype(np.float32)
     cached = np.arange(past_len + spare)[None, None, :, None] < positions[:, None, None, None]
 
-    def onnx_cache(cache: list[torch.Tensor], width: int | None = None) -> list[np.ndarray]:
-        if width is None:
-            return [t.numpy().astype(graphs.dtype) for t in cache]
-        return [np.where(cached, np.pad(t.numpy(), ((0, 0), (0, 0), (0, spare), (0, 0))), noise).astype(graphs.dtype)
-                for t in cache]
+    def onnx_cache(cache: list[torch.Tensor]) -> list[np.ndarray]:
+        return [t.numpy().astype(graphs.dtype) for t in cache]
+
+    def noisy(cache: list[torch.Tensor]) -> list[np.ndarray]:
+        """The cache with `spare` more columns, noise in every column beyond a row's own."""
+        padded = (np.pad(t.numpy(), ((0, 0), (0, 0), (0, spare), (0, 0))) for t in cache)
+        return [np.where(cached, t, noise).astype(graphs.dtype) for t in padded]
 
     logits, keys, values = graphs.step_logits(tokens.numpy(), positions, np.ones(batch, bool), onnx_cache(ref_k),
-                                              onnx_cache(ref_v), source != c.pad_id,
-                                              onnx_cache(past_k, past_len + spare), onnx_cache(past_v, past_len + spare))
+                                              onnx_cache(ref_v), source != c.pad_id, noisy(past_k), noisy(past_v))
 
     def diff(a: list[np.ndarray], b: list[torch.Tensor]) -> float:
         return max(float(np.abs(x.astype(np.float32) - y.numpy()).max()) for x, y in zip(a, b))

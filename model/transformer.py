@@ -130,10 +130,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, D) -> (B, T, D) and this layer's self-attention cache (B, H, P+T, Dh)."""
         y, k, v = self.self_attention(self.self_residual.pre(x), self_mask, past_k, past_v)
-        x = self.self_residual.post(x, y)
-        x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask))
-        x = self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
-        return x, k, v
+        return self._after_self_attention(x, y, cross_k, cross_v, cross_mask), k, v
 
     def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cached: torch.Tensor,
              cross_k: torch.Tensor, cross_v: torch.Tensor,
@@ -141,10 +138,15 @@ class DecoderLayer(nn.Module):
         """`forward` for one new position per row over a fixed cache (SelfAttention.step):
         x (B, 1, D) -> (B, 1, D) and this position's key and value (B, H, 1, Dh)."""
         y, k, v = self.self_attention.step(self.self_residual.pre(x), cache_k, cache_v, cached)
+        return self._after_self_attention(x, y, cross_k, cross_v, cross_mask), k, v
+
+    def _after_self_attention(self, x: torch.Tensor, y: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor,
+                              cross_mask: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its input x and its self-attention's output y: the residual,
+        then cross-attention and the feed-forward, each in its own residual."""
         x = self.self_residual.post(x, y)
         x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask))
-        x = self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
-        return x, k, v
+        return self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
 
 
 class Transformer(nn.Module):

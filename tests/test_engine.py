@@ -206,10 +206,13 @@ def test_graphs_that_translate_ids_used_are_freed_once_their_threads_end(tiny_ve
     assert freed() is None
 
 
-def test_engines_have_glibc_map_their_caches_so_freed_ones_leave_the_process():
-    """server/runtime/allocator.py: with malloc's mmap threshold fixed, a cache that the engine
-    replaces is unmapped when freed instead of staying in malloc's heap (this image runs glibc)."""
+def test_engines_have_glibc_map_their_caches_so_freed_ones_leave_the_process(tiny):
+    """server/runtime/allocator.py: creating an engine fixes malloc's mmap threshold, so a cache
+    that the engine replaces is unmapped when freed instead of staying in malloc's heap (this
+    image runs glibc, where the call succeeds)."""
     from server.runtime.allocator import map_large_blocks
 
     map_large_blocks.cache_clear()
+    Engine(tiny.graphs, max_rows=4)
+    assert map_large_blocks.cache_info().currsize == 1  # the engine made the call
     assert map_large_blocks() is True

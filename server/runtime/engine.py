@@ -36,7 +36,7 @@ import numpy as np
 from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
 from server.runtime.allocator import map_large_blocks
 from server.runtime.graph_io import candidates_for
-from server.runtime.graphs import Cache, OnnxGraphs
+from server.runtime.graphs import Cache, OnnxGraphs, cache_shape
 
 log = logging.getLogger("rosetta.engine")
 
@@ -280,12 +280,12 @@ class Engine:
         if not cache:
             return cache
         current = _width(cache[0])
-        rows = _shape(cache[0])[0]
+        rows = cache_shape(cache[0])[0]
         layout = np.arange(rows) if layout is None else layout
         moving = len(layout) != rows or not np.array_equal(layout, np.arange(rows))
         target = width if moving or self._resized(current, width) else current
         if added or target > current:
-            zeros = [np.zeros((added,) + _shape(t)[1:2] + (0,) + _shape(t)[3:], g.dtype) for t in cache]
+            zeros = [np.zeros((added,) + cache_shape(t)[1:2] + (0,) + cache_shape(t)[3:], g.dtype) for t in cache]
             return g.regroup(cache, layout, (0, min(current, target)), zeros, target)
         return g.select(cache, layout, (0, target))
 
@@ -329,14 +329,9 @@ class Engine:
         return out
 
 
-def _shape(tensor: np.ndarray | object) -> tuple[int, ...]:
-    """A cache tensor's shape, host array or device value."""
-    return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
-
-
 def _width(tensor: np.ndarray | object) -> int:
     """Axis 2 of a cache tensor (cached positions or source tokens)."""
-    return _shape(tensor)[2]
+    return cache_shape(tensor)[2]
 
 
 def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int) -> np.ndarray:

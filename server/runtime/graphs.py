@@ -134,7 +134,8 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, start: int, stop: int, out:
             out[i, :, :kept] = source[row, :, start:stop]
 
 
-def _shape(tensor: Tensor) -> tuple[int, ...]:
+def cache_shape(tensor: Tensor) -> tuple[int, ...]:
+    """A cache tensor's shape, host array or device value."""
     return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
 
 
@@ -214,7 +215,7 @@ class OnnxGraphs:
         if not cache:
             return cache
         rows = np.asarray(rows, dtype=np.int64)
-        batch, _, width, _ = _shape(cache[0])
+        batch, _, width, _ = cache_shape(cache[0])
         start, stop = columns or (0, width)
         if (start, stop) == (0, width) and len(rows) == batch and np.array_equal(rows, np.arange(batch)):
             return cache
@@ -232,7 +233,7 @@ class OnnxGraphs:
         zeros to `width` columns."""
         if isinstance(first[0], np.ndarray) and isinstance(second[0], np.ndarray):
             return self.regroup(first, np.arange(first[0].shape[0]), (0, first[0].shape[2]), second, width)
-        pads = [np.array([0, 0, 0, 0, 0, 0, width - _shape(t[0])[2], 0], dtype=np.int64) for t in (first, second)]
+        pads = [np.array([0, 0, 0, 0, 0, 0, width - cache_shape(t[0])[2], 0], dtype=np.int64) for t in (first, second)]
         feeds = {"pad_a": pads[0], "pad_b": pads[1]}
         feeds.update((f"a{i}", t) for i, t in enumerate(first))
         feeds.update((f"b{i}", t) for i, t in enumerate(second))
@@ -246,9 +247,9 @@ class OnnxGraphs:
                 t[rows] = 0
                 t[rows, :, : n.shape[2]] = n
             return cache
-        width = _shape(cache[0])[2]
-        if _shape(new[0])[2] != width:
-            nothing = [np.zeros((0, *_shape(t)[1:2], 0, *_shape(t)[3:]), self.dtype) for t in new]
+        width = cache_shape(cache[0])[2]
+        if cache_shape(new[0])[2] != width:
+            nothing = [np.zeros((0, *cache_shape(t)[1:2], 0, *cache_shape(t)[3:]), self.dtype) for t in new]
             new = self.join(new, nothing, width)
         feeds = {"rows": np.asarray(rows, np.int64).reshape(-1, 1)}
         feeds.update((f"x{i}", t) for i, t in enumerate(cache))
@@ -289,13 +290,14 @@ class OnnxGraphs:
                 t[rows, :, positions] = n[:, :, 0]
             return cache
         cache = [t if isinstance(t, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(t, *self._device) for t in cache]
-        binding = self._cache_op("append", len(cache)).io_binding()
+        session = self._cache_op("append", len(cache))
+        binding = session.io_binding()
         binding.bind_cpu_input("positions", np.asarray(positions, np.int64))
         for i, (t, n) in enumerate(zip(cache, new)):
             binding.bind_ortvalue_input(f"x{i}", t)
             binding.bind_ortvalue_input(f"n{i}", n)
             binding.bind_ortvalue_output(f"y{i}", t)  # the same buffer: TensorScatter writes in place
-        self._cache_op("append", len(cache)).run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return cache
 
     def regroup(self, cache: Cache, rows: Sequence[int], columns: tuple[int, int], new: Cache | None,

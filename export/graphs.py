@@ -33,6 +33,9 @@ from torch import nn
 from model.transformer import Cache, Transformer
 from server.runtime.graph_io import MAX_CANDIDATES
 
+# The tokens that the decoding rules can rule out of a step's best: PAD, BOS and EOS.
+RULED = 3
+
 
 class EncoderGraph(nn.Module):
     """Source ids -> the cross-attention keys and values of every decoder layer."""
@@ -54,15 +57,10 @@ class DecoderStepGraph(nn.Module):
         super().__init__()
         self.model = model
         c = model.config
-        if c.vocab_size < MAX_CANDIDATES:
-            raise ValueError(f"the decoder step returns up to the best {MAX_CANDIDATES} tokens; the vocabulary has "
+        if c.vocab_size < MAX_CANDIDATES + RULED:
+            raise ValueError(f"the decoder step ranks the best {MAX_CANDIDATES + RULED} tokens; the vocabulary has "
                              f"{c.vocab_size}")
-        never = torch.zeros(c.vocab_size)
-        never[[c.pad_id, c.bos_id]] = float("-inf")
-        eos = torch.zeros(c.vocab_size)
-        eos[c.eos_id] = float("-inf")
-        self.register_buffer("never", never, persistent=False)  # added to every step's log-probs
-        self.register_buffer("eos_penalty", eos, persistent=False)  # added while EOS is not allowed
+        self.register_buffer("never", torch.tensor([c.pad_id, c.bos_id]), persistent=False)
 
     def forward(
         self,
@@ -80,7 +78,12 @@ class DecoderStepGraph(nn.Module):
                                                       cache_values, positions)
         # Project only the last position: selecting it after the projection would copy (B, V) logits.
         logits = self.model.logits(hidden[:, -1])
-        log_probs = torch.log_softmax(logits.float(), dim=-1) + self.never
-        log_probs = log_probs + torch.where(eos_allowed[:, None], torch.zeros_like(self.eos_penalty), self.eos_penalty)
-        top_log_probs, top_ids = log_probs.topk(candidates.shape[0], dim=-1)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        # The rules and the ranking touch only each row's best k + RULED tokens: masks added over
+        # the whole vocabulary cost as much as the top-k itself at 64 rows (docs/benchmarks.md).
+        k = candidates.shape[0]
+        best, ids = log_probs.topk(k + RULED, dim=-1)  # the best k allowed tokens are among these
+        ruled_out = (ids[..., None] == self.never).any(-1) | ((ids == self.model.config.eos_id) & ~eos_allowed[:, None])
+        top_log_probs, order = best.masked_fill(ruled_out, float("-inf")).topk(k, dim=-1)
+        top_ids = ids.gather(-1, order)
         return (logits, top_log_probs, top_ids, *keys, *values)

@@ -1,13 +1,15 @@
 """Reduced-precision variants of exported fp32 graphs.
 
-int8 (for CPUs): every MatMul becomes ONNX Runtime's MatMulNBits with 8-bit weights, symmetric,
-one scale per block of 128 input channels of each output column, and `accuracy_level` 4: the
-activations are quantised to int8 on the fly, row by row and block by block, and multiplied
-with VNNI/AMX integer kernels where the CPU has them. Row by row matters: ONNX Runtime's
-dynamic quantization (DynamicQuantizeLinear + MatMulInteger) takes one activation scale for
-the whole batch, so a sentence's translation changed with its batch mates (17 of 64 test
-sentences of the default model, alone against batched); a server that batches requests must
-not do that. No calibration data is needed either way.
+int8 (for CPUs): every MatMul by a weight becomes an integer matmul: weights int8, symmetric,
+one scale per output column; activations quantised on the fly, one scale per row (its largest
+magnitude), and multiplied by ONNX Runtime's u8 x s8 kernels (VNNI where the CPU has it).
+Row by row matters: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear + MatMulInteger)
+takes one activation scale for the whole batch, so a sentence's translation changed with its
+batch mates (17 of 64 test sentences of the default model, alone against batched); a server
+that batches requests must not do that. Here a row's numbers depend on that row alone. It
+replaced MatMulNBits (8-bit weights in blocks, activations per row and block), which computes
+the same kind of thing 1.3-2.4x slower at 16 to 64 rows (docs/benchmarks.md). No calibration
+data is needed.
 
 fp16 (for GPUs): every float tensor, inputs, outputs and the cache included, in half precision,
 so the cache moves at half the bytes and the GPU's tensor cores do the matmuls. Softmax and
@@ -16,7 +18,6 @@ LayerNorm inputs stay in range at this model's scale; the parity gate checks the
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 PRECISIONS = ("fp32", "int8", "fp16")
-INT8_BLOCK = 128  # input channels per weight scale (faster than 32: bench on the small workload model)
 
-log = logging.getLogger("rosetta.export")
 
 
 def fold_weight_transposes(path: Path) -> int:
@@ -66,23 +65,92 @@ def fold_weight_transposes(path: Path) -> int:
 def to_int8(path: Path) -> str:
     """Quantise the graph at `path` in place; returns a description for the manifest."""
     fold_weight_transposes(path)
-    root = logging.getLogger()
-    level = root.level
-    # Imported here, and quiet while it works: importing it sets the root logger to INFO
-    # (logging.basicConfig), and it and onnx_ir log every node they touch.
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    root.setLevel(logging.ERROR)
-    try:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=8, block_size=INT8_BLOCK, is_symmetric=True,
-                                         accuracy_level=4, op_types_to_quantize=("MatMul",))
-        quantizer.process()
-    finally:
-        root.setLevel(level)
-    quantizer.model.save_model_to_file(str(path), False)
+    model = onnx.load(str(path))
+    quantize_matmuls(model.graph)
+    onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    return (f"int8 MatMulNBits: 8-bit symmetric weights in blocks of {INT8_BLOCK} (the tied output projection "
-            "included), activations quantised per row and block (accuracy_level 4)")
+    return ("int8 matmuls: 8-bit symmetric weights, one scale per output column (the tied output projection "
+            "included); activations quantised row by row, one scale per row")
+
+
+def quantize_matmuls(graph: onnx.GraphProto) -> int:
+    """Replace every MatMul by an initializer weight W (K, N) with its int8 form, in place.
+
+    y = (q(x) - 128) @ Wq * (s_row * s_col): W symmetric per output column (Wq int8), x per row
+    of K (q(x) uint8 around 128, s_row = max|x_row| / 127). ONNX Runtime fuses the MatMulInteger,
+    its Cast and the scaling into one MatMulIntegerToFloat when a session loads. Returns the
+    number of MatMuls replaced; their fp32 weights leave the graph.
+    """
+    weights = {w.name: w for w in graph.initializer}
+    producers = {out: n.op_type for n in graph.node for out in n.output}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)
+        column_scales = np.abs(w).max(axis=0) / 127
+        column_scales[column_scales == 0] = 1  # an all-zero column: any scale gives zeros
+        prefix = f"{node.output[0]}.int8"
+        graph.initializer.extend([numpy_helper.from_array(np.round(w / column_scales).astype(np.int8), f"{prefix}.w"),
+                                  numpy_helper.from_array(column_scales.astype(np.float32), f"{prefix}.w_scale")])
+        nonnegative = producers.get(node.input[0]) == "Relu"
+        nodes += _row_quantized_matmul(node.input[0], f"{prefix}.w", f"{prefix}.w_scale", node.output[0], prefix,
+                                       nonnegative)
+        replaced.add(weight.name)
+    if not replaced:
+        return 0
+    still_read = {i for n in nodes for i in n.input}
+    for name in replaced - still_read:
+        graph.initializer.remove(weights[name])
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in _ROW_CONSTANTS.items())
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(replaced)
+
+
+# Shared by every quantized MatMul of a graph.
+_ROW_CONSTANTS = {
+    "int8.last_axis": np.array([-1], np.int64),
+    "int8.per_step": np.float32(1 / 127),  # signed rows: -max..max over 254 steps around 128
+    "int8.per_step_nonnegative": np.float32(1 / 255),  # rows >= 0 (after a ReLU): 0..max over 255 steps
+    "int8.tiny": np.float32(np.finfo(np.float32).tiny),  # an all-zero row: a scale that is not 0
+    "int8.offset": np.float32(128),
+    "int8.zero_point": np.uint8(128),
+    "int8.zero_point_nonnegative": np.uint8(0),
+}
+
+
+def _row_quantized_matmul(x: str, weight: str, weight_scale: str, y: str, prefix: str,
+                          nonnegative: bool) -> list[onnx.NodeProto]:
+    """Nodes computing y = x @ W from int8 W and its column scales, x quantised row by row to
+    uint8 (around 128, or from 0 where x >= 0, which doubles its resolution).
+
+    Each row's scale depends on that row alone, so a sentence's result does not depend on its
+    batch mates (one scale per call, as ONNX Runtime's dynamic quantization takes, made it so)."""
+    from onnx import helper
+
+    n = helper.make_node
+    p = f"{prefix}."
+    if nonnegative:
+        magnitude, step, zero_point = [], "int8.per_step_nonnegative", "int8.zero_point_nonnegative"
+        shift, shifted = [], p + "scaled"
+    else:
+        magnitude, step, zero_point = [n("Abs", [x], [p + "abs"])], "int8.per_step", "int8.zero_point"
+        shift, shifted = [n("Add", [p + "scaled", "int8.offset"], [p + "shifted"])], p + "shifted"
+    return [*magnitude,
+            n("ReduceMax", [p + "abs" if magnitude else x, "int8.last_axis"], [p + "max"], keepdims=1),
+            n("Max", [p + "max", "int8.tiny"], [p + "max_nonzero"]),
+            n("Mul", [p + "max_nonzero", step], [p + "x_scale"]),
+            n("Div", [x, p + "x_scale"], [p + "scaled"]),
+            *shift,
+            n("Round", [shifted], [p + "rounded"]),
+            n("Cast", [p + "rounded"], [p + "x_int8"], to=onnx.TensorProto.UINT8),
+            n("MatMulInteger", [p + "x_int8", weight, zero_point], [p + "product"]),
+            n("Cast", [p + "product"], [p + "product_float"], to=onnx.TensorProto.FLOAT),
+            n("Mul", [p + "x_scale", weight_scale], [p + "scale"]),
+            n("Mul", [p + "product_float", p + "scale"], [y])]
 
 
 def to_fp16(path: Path) -> str:

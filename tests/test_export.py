@@ -182,12 +182,31 @@ def test_int8_stores_every_matmul_weight_in_8_bits(tiny_version, tiny_checkpoint
         model = onnx.load(str(version_dir / graph))
         weights = {w.name: w for w in model.graph.initializer}
         assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-        quantized = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-        assert quantized and all(weights[n.input[1]].data_type == onnx.TensorProto.UINT8 for n in quantized)
-        assert {a.i for n in quantized for a in n.attribute if a.name == "bits"} == {8}
-    # Embeddings (read by Gather) stay fp32, and this tiny model's 64 input channels are padded to
-    # a block of 128, so the whole shrinks less than the 4x of the matmul weights alone.
-    assert weight_bytes(version_dir) < 0.7 * weight_bytes(tiny_version)
+        quantized = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+        assert quantized and all(weights[n.input[1]].data_type == onnx.TensorProto.INT8 for n in quantized)
+    # Embeddings (read by Gather) stay fp32, so the whole shrinks less than the 4x of the matmul weights alone.
+    assert weight_bytes(version_dir) < 0.6 * weight_bytes(tiny_version)
+
+
+def test_int8_rows_are_quantised_alone(tiny_checkpoint, tmp_path):
+    """Each row's activations get their own scale: a row's int8 logits are bit for bit the same
+    alone as among other rows, however large those rows' values are."""
+    version_dir, _ = export_version(tiny_checkpoint, tmp_path, "tiny", tiny_pairs()[:4], precision="int8",
+                                    beam_sizes=(1,))
+    graphs = OnnxGraphs(version_dir, SessionConfig(device="cpu"))
+    source_ids = np.asarray(random_batch([9, 6, 7], vocab=graphs.config.vocab_size))
+    keys, values = graphs.encode(source_ids)
+    loud = [k * 50 for k in keys], [v * 50 for v in values]  # rows 1 and 2 far larger than row 0
+    mask = source_ids != graphs.config.pad_id
+    tokens = np.full((3, 1), graphs.config.bos_id, dtype=np.int64)
+    first = (np.zeros(3, np.int64), np.ones(3, bool))
+    together = graphs.step_logits(tokens, *first, [np.concatenate([k[:1], l[1:]]) for k, l in zip(keys, loud[0])],
+                                  [np.concatenate([v[:1], l[1:]]) for v, l in zip(values, loud[1])], mask,
+                                  *graphs.empty_cache(3))[0]
+    alone = graphs.step_logits(tokens[:1], *(a[:1] for a in first), [k[:1] for k in keys], [v[:1] for v in values],
+                               mask[:1], *graphs.empty_cache(1))[0]
+    assert np.array_equal(together[0], alone[0])
+    assert not np.allclose(together[1], together[0])
 
 
 @pytest.mark.parametrize("engine", ["checkpoint", "version"])

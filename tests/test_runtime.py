@@ -157,6 +157,27 @@ def test_a_step_returns_as_many_best_tokens_as_asked_best_first(translator):
     assert [candidates_for(beam) for beam in (1, 4, 16)] == [2, 8, MAX_CANDIDATES]
 
 
+def test_a_step_ranks_log_probabilities_under_the_decoding_rules(translator):
+    """The step's best tokens are the top-k of log_softmax(logits) with PAD and BOS ruled out,
+    and EOS too where `eos_allowed` is False: rows 1 and 2 are the same sentence, EOS allowed
+    in row 2 only."""
+    graphs, c = translator.graphs, translator.graphs.config
+    source = pad_ids(translator.encode(["The cat.", "The old red house.", "The old red house."]), 0)
+    tokens = np.array([[c.bos_id], [c.bos_id], [c.bos_id]])
+    eos_allowed = np.array([True, False, True])
+    args = (tokens, np.zeros(3, np.int64), eos_allowed, *graphs.encode(source), source != 0, *graphs.empty_cache(3))
+    logits = graphs.step_logits(*args)[0].astype(np.float64)
+    out = graphs.step(*args, candidates=MAX_CANDIDATES)
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    log_probs[:, [c.pad_id, c.bos_id]] = -np.inf
+    log_probs[~eos_allowed, c.eos_id] = -np.inf
+    expected = np.argsort(-log_probs, axis=-1, kind="stable")[:, :MAX_CANDIDATES]
+    assert np.array_equal(out.top_ids, expected)
+    assert np.allclose(out.top_log_probs, np.take_along_axis(log_probs, expected, -1), atol=1e-5)
+    assert c.eos_id in out.top_ids[2] and c.eos_id not in out.top_ids[1]
+
+
 def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version, device):
     """Encoder outputs, the cache and each step's new keys stay device values; only the best
     tokens come back as host arrays. New positions are written in place; moved, selected and

@@ -275,7 +275,11 @@ class Engine:
         """A cache's slots `layout` in that order (None: all, in place) with `added` zero slots
         after them, `width` columns wide where more are needed, or where the copy is made
         anyway or a third of the columns is unused; the cache itself when none of that changes
-        anything."""
+        anything.
+
+        Tensor by tensor, each replaced in `cache` (the engine's own list) as soon as its copy
+        exists: a resize then holds one tensor twice, not the whole cache (the server's peak
+        memory under load, docs/benchmarks.md)."""
         g = self.graphs
         if not cache:
             return cache
@@ -284,10 +288,13 @@ class Engine:
         layout = np.arange(rows) if layout is None else layout
         moving = len(layout) != rows or not np.array_equal(layout, np.arange(rows))
         target = width if moving or self._resized(current, width) else current
-        if added or target > current:
-            zeros = [np.zeros((added,) + cache_shape(t)[1:2] + (0,) + cache_shape(t)[3:], g.dtype) for t in cache]
-            return g.regroup(cache, layout, (0, min(current, target)), zeros, target)
-        return g.select(cache, layout, (0, target))
+        for i, tensor in enumerate(cache):
+            if added or target > current:
+                zeros = np.zeros((added,) + cache_shape(tensor)[1:2] + (0,) + cache_shape(tensor)[3:], g.dtype)
+                cache[i] = g.regroup([tensor], layout, (0, min(current, target)), [zeros], target)[0]
+            else:
+                cache[i] = g.select([tensor], layout, (0, target))[0]
+        return cache
 
     def _admit(self, joining: Sequence[Sentence], free: list[int]) -> None:
         """Encode the newcomers and write them into free slots (K per sentence)."""

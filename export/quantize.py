@@ -74,83 +74,78 @@ def to_int8(path: Path) -> str:
 
 
 def quantize_matmuls(graph: onnx.GraphProto) -> int:
-    """Replace every MatMul by an initializer weight W (K, N) with its int8 form, in place.
+    """Replace every MatMul by an fp32 initializer weight W (K, N) with its int8 form, in place.
 
-    y = (q(x) - 128) @ Wq * (s_row * s_col): W symmetric per output column (Wq int8), x per row
-    of K (q(x) uint8 around 128, s_row = max|x_row| / 127). ONNX Runtime fuses the MatMulInteger,
-    its Cast and the scaling into one MatMulIntegerToFloat when a session loads. Returns the
-    number of MatMuls replaced; their fp32 weights leave the graph.
+    y = (q(x) - z) @ Wq * (s_row * s_col): W symmetric per output column (Wq int8, s_col =
+    max|W_col| / 127); x quantised to uint8 per row, s_row = max|x_row| / 127 around z = 128, or,
+    where x comes from a ReLU and is never negative, s_row = max(x_row) / 255 from z = 0. ONNX
+    Runtime fuses the MatMulInteger, its Cast and the scaling into one MatMulIntegerToFloat when
+    a session loads. Returns the number of MatMuls replaced; their fp32 weights leave the graph.
     """
     weights = {w.name: w for w in graph.initializer}
     producers = {out: n.op_type for n in graph.node for out in n.output}
-    nodes, replaced = [], set()
+    nodes, quantized = [], set()
     for node in graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
         if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
             nodes.append(node)
             continue
         w = numpy_helper.to_array(weight)
         column_scales = np.abs(w).max(axis=0) / 127
         column_scales[column_scales == 0] = 1  # an all-zero column: any scale gives zeros
-        prefix = f"{node.output[0]}.int8"
-        graph.initializer.extend([numpy_helper.from_array(np.round(w / column_scales).astype(np.int8), f"{prefix}.w"),
-                                  numpy_helper.from_array(column_scales.astype(np.float32), f"{prefix}.w_scale")])
-        nonnegative = producers.get(node.input[0]) == "Relu"
-        nodes += _row_quantized_matmul(node.input[0], f"{prefix}.w", f"{prefix}.w_scale", node.output[0], prefix,
-                                       nonnegative)
-        replaced.add(weight.name)
-    if not replaced:
+        prefix = f"{node.output[0]}.int8."
+        graph.initializer.extend([numpy_helper.from_array(np.round(w / column_scales).astype(np.int8), prefix + "w"),
+                                  numpy_helper.from_array(column_scales.astype(np.float32), prefix + "w_scale")])
+        nodes += _row_quantized_matmul(node.input[0], node.output[0], prefix,
+                                       nonnegative=producers.get(node.input[0]) == "Relu")
+        quantized.add(weight.name)
+    if not quantized:
         return 0
     still_read = {i for n in nodes for i in n.input}
-    for name in replaced - still_read:
+    for name in quantized - still_read:
         graph.initializer.remove(weights[name])
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in _ROW_CONSTANTS.items())
     del graph.node[:]
     graph.node.extend(nodes)
-    return len(replaced)
+    return sum(1 for n in nodes if n.op_type == "MatMulInteger")
 
 
 # Shared by every quantized MatMul of a graph.
 _ROW_CONSTANTS = {
     "int8.last_axis": np.array([-1], np.int64),
-    "int8.per_step": np.float32(1 / 127),  # signed rows: -max..max over 254 steps around 128
-    "int8.per_step_nonnegative": np.float32(1 / 255),  # rows >= 0 (after a ReLU): 0..max over 255 steps
+    "int8.signed_step": np.float32(1 / 127),  # -max..max in 254 steps around 128
+    "int8.nonnegative_step": np.float32(1 / 255),  # 0..max in 255 steps from 0
     "int8.tiny": np.float32(np.finfo(np.float32).tiny),  # an all-zero row: a scale that is not 0
     "int8.offset": np.float32(128),
-    "int8.zero_point": np.uint8(128),
-    "int8.zero_point_nonnegative": np.uint8(0),
+    "int8.signed_zero_point": np.uint8(128),
+    "int8.nonnegative_zero_point": np.uint8(0),
 }
 
 
-def _row_quantized_matmul(x: str, weight: str, weight_scale: str, y: str, prefix: str,
-                          nonnegative: bool) -> list[onnx.NodeProto]:
-    """Nodes computing y = x @ W from int8 W and its column scales, x quantised row by row to
-    uint8 (around 128, or from 0 where x >= 0, which doubles its resolution).
+def _row_quantized_matmul(x: str, y: str, prefix: str, *, nonnegative: bool) -> list[onnx.NodeProto]:
+    """Nodes computing y = x @ W from the int8 weight `prefix`w and its column scales
+    `prefix`w_scale, x quantised row by row (quantize_matmuls).
 
     Each row's scale depends on that row alone, so a sentence's result does not depend on its
     batch mates (one scale per call, as ONNX Runtime's dynamic quantization takes, made it so)."""
     from onnx import helper
 
-    n = helper.make_node
-    p = f"{prefix}."
-    if nonnegative:
-        magnitude, step, zero_point = [], "int8.per_step_nonnegative", "int8.zero_point_nonnegative"
-        shift, shifted = [], p + "scaled"
-    else:
-        magnitude, step, zero_point = [n("Abs", [x], [p + "abs"])], "int8.per_step", "int8.zero_point"
-        shift, shifted = [n("Add", [p + "scaled", "int8.offset"], [p + "shifted"])], p + "shifted"
-    return [*magnitude,
-            n("ReduceMax", [p + "abs" if magnitude else x, "int8.last_axis"], [p + "max"], keepdims=1),
-            n("Max", [p + "max", "int8.tiny"], [p + "max_nonzero"]),
-            n("Mul", [p + "max_nonzero", step], [p + "x_scale"]),
-            n("Div", [x, p + "x_scale"], [p + "scaled"]),
-            *shift,
-            n("Round", [shifted], [p + "rounded"]),
-            n("Cast", [p + "rounded"], [p + "x_int8"], to=onnx.TensorProto.UINT8),
-            n("MatMulInteger", [p + "x_int8", weight, zero_point], [p + "product"]),
-            n("Cast", [p + "product"], [p + "product_float"], to=onnx.TensorProto.FLOAT),
-            n("Mul", [p + "x_scale", weight_scale], [p + "scale"]),
-            n("Mul", [p + "product_float", p + "scale"], [y])]
+    n, p = helper.make_node, prefix
+    kind = "nonnegative" if nonnegative else "signed"
+    magnitude = [] if nonnegative else [n("Abs", [x], [p + "abs"])]
+    row_scale = [n("ReduceMax", [p + "abs" if magnitude else x, "int8.last_axis"], [p + "max"], keepdims=1),
+                 n("Max", [p + "max", "int8.tiny"], [p + "max_nonzero"]),
+                 n("Mul", [p + "max_nonzero", f"int8.{kind}_step"], [p + "x_scale"])]
+    steps = [n("Div", [x, p + "x_scale"], [p + "steps"])]
+    if not nonnegative:
+        steps.append(n("Add", [p + "steps", "int8.offset"], [p + "steps_from_zero_point"]))
+    quantized = [n("Round", [steps[-1].output[0]], [p + "rounded"]),
+                 n("Cast", [p + "rounded"], [p + "x_uint8"], to=onnx.TensorProto.UINT8)]
+    product = [n("MatMulInteger", [p + "x_uint8", p + "w", f"int8.{kind}_zero_point"], [p + "product"]),
+               n("Cast", [p + "product"], [p + "product_float"], to=onnx.TensorProto.FLOAT),
+               n("Mul", [p + "x_scale", p + "w_scale"], [p + "scale"]),
+               n("Mul", [p + "product_float", p + "scale"], [y])]
+    return magnitude + row_scale + steps + quantized + product
 
 
 def to_fp16(path: Path) -> str:

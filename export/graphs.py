@@ -60,7 +60,7 @@ class DecoderStepGraph(nn.Module):
         if c.vocab_size < MAX_CANDIDATES + RULED:
             raise ValueError(f"the decoder step ranks the best {MAX_CANDIDATES + RULED} tokens; the vocabulary has "
                              f"{c.vocab_size}")
-        self.register_buffer("never", torch.tensor([c.pad_id, c.bos_id]), persistent=False)
+        self.register_buffer("never_ids", torch.tensor([c.pad_id, c.bos_id]), persistent=False)  # never generated
 
     def forward(
         self,
@@ -83,7 +83,8 @@ class DecoderStepGraph(nn.Module):
         # the whole vocabulary cost as much as the top-k itself at 64 rows (docs/benchmarks.md).
         k = candidates.shape[0]
         best, ids = log_probs.topk(k + RULED, dim=-1)  # the best k allowed tokens are among these
-        ruled_out = (ids[..., None] == self.never).any(-1) | ((ids == self.model.config.eos_id) & ~eos_allowed[:, None])
+        eos_ruled_out = (ids == self.model.config.eos_id) & ~eos_allowed[:, None]
+        ruled_out = (ids[..., None] == self.never_ids).any(-1) | eos_ruled_out
         top_log_probs, order = best.masked_fill(ruled_out, float("-inf")).topk(k, dim=-1)
         top_ids = ids.gather(-1, order)
         return (logits, top_log_probs, top_ids, *keys, *values)

@@ -7,9 +7,9 @@ Row by row matters: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear +
 takes one activation scale for the whole batch, so a sentence's translation changed with its
 batch mates (17 of 64 test sentences of the default model, alone against batched); a server
 that batches requests must not do that. Here a row's numbers depend on that row alone. It
-replaced MatMulNBits (8-bit weights in blocks, activations per row and block), which computes
-the same kind of thing 1.3-2.4x slower at 16 to 64 rows (docs/benchmarks.md). No calibration
-data is needed.
+replaced MatMulNBits (8-bit weights in blocks of 128), with which a decoder step was 1.3x
+slower at 16 and 64 rows (the vocabulary projection 2.4x; docs/benchmarks.md), though its
+translations stayed nearer fp32's (docs/export.md). No calibration data is needed.
 
 fp16 (for GPUs): every float tensor, inputs, outputs and the cache included, in half precision,
 so the cache moves at half the bytes and the GPU's tensor cores do the matmuls. Softmax and

@@ -203,10 +203,11 @@ def test_int8_rows_are_quantised_alone(tiny_checkpoint, tmp_path):
     together = graphs.step_logits(tokens, *first, [np.concatenate([k[:1], l[1:]]) for k, l in zip(keys, loud[0])],
                                   [np.concatenate([v[:1], l[1:]]) for v, l in zip(values, loud[1])], mask,
                                   *graphs.empty_cache(3))[0]
+    quiet = graphs.step_logits(tokens, *first, keys, values, mask, *graphs.empty_cache(3))[0]
     alone = graphs.step_logits(tokens[:1], *(a[:1] for a in first), [k[:1] for k in keys], [v[:1] for v in values],
                                mask[:1], *graphs.empty_cache(1))[0]
+    assert not np.allclose(together[1:], quiet[1:], atol=1e-2)  # the loud rows did change
     assert np.array_equal(together[0], alone[0])
-    assert not np.allclose(together[1], together[0])
 
 
 @pytest.mark.parametrize("engine", ["checkpoint", "version"])

@@ -290,7 +290,8 @@ class Engine:
         target = width if moving or self._resized(current, width) else current
         for i, tensor in enumerate(cache):
             if added or target > current:
-                zeros = np.zeros((added,) + cache_shape(tensor)[1:2] + (0,) + cache_shape(tensor)[3:], g.dtype)
+                _, heads, _, head_dim = cache_shape(tensor)
+                zeros = np.zeros((added, heads, 0, head_dim), g.dtype)
                 cache[i] = g.regroup([tensor], layout, (0, min(current, target)), [zeros], target)[0]
             else:
                 cache[i] = g.select([tensor], layout, (0, target))[0]

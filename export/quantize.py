@@ -67,6 +67,7 @@ def to_int8(path: Path) -> str:
     fold_weight_transposes(path)
     model = onnx.load(str(path))
     quantize_matmuls(model.graph)
+    model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return ("int8 matmuls: 8-bit symmetric weights, one scale per output column (the tied output projection "
@@ -74,30 +75,39 @@ def to_int8(path: Path) -> str:
 
 
 def quantize_matmuls(graph: onnx.GraphProto) -> int:
-    """Replace every MatMul by an fp32 initializer weight W (K, N) with its int8 form, in place.
+    """Replace every MatMul (or Gemm) by an fp32 initializer weight W (K, N) with its int8 form, in place.
 
     y = (q(x) - z) @ Wq * (s_row * s_col): W symmetric per output column (Wq int8, s_col =
     max|W_col| / 127); x quantised to uint8 per row, s_row = max|x_row| / 127 around z = 128, or,
-    where x comes from a ReLU and is never negative, s_row = max(x_row) / 255 from z = 0. ONNX
-    Runtime fuses the MatMulInteger, its Cast and the scaling into one MatMulIntegerToFloat when
-    a session loads. Returns the number of MatMuls replaced; their fp32 weights leave the graph.
+    where x comes from a ReLU and is never negative, s_row = max(x_row) / 255 from z = 0. The
+    product is ONNX Runtime's MatMulIntegerToFloat (com.microsoft), written out rather than left
+    to its fusion of MatMulInteger, Cast and Mul: that fusion also takes in a following bias Add,
+    which its kernel then ignores when the scale is per row (ONNX Runtime 1.31: the linear
+    layers' biases were lost; a test holds this). A bias stays a separate Add. Returns the
+    number of matmuls replaced; their fp32 weights leave the graph.
     """
     weights = {w.name: w for w in graph.initializer}
     producers = {out: n.op_type for n in graph.node for out in n.output}
     nodes, quantized = [], set()
     for node in graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        weight = weights.get(node.input[1]) if _is_weight_product(node) else None
         if weight is None or len(weight.dims) != 2 or weight.data_type != onnx.TensorProto.FLOAT:
             nodes.append(node)
             continue
         w = numpy_helper.to_array(weight)
+        if _attribute(node, "transB", 0):
+            w = w.T
         column_scales = np.abs(w).max(axis=0) / 127
         column_scales[column_scales == 0] = 1  # an all-zero column: any scale gives zeros
         prefix = f"{node.output[0]}.int8."
         graph.initializer.extend([numpy_helper.from_array(np.round(w / column_scales).astype(np.int8), prefix + "w"),
                                   numpy_helper.from_array(column_scales.astype(np.float32), prefix + "w_scale")])
-        nodes += _row_quantized_matmul(node.input[0], node.output[0], prefix,
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = prefix + "y" if bias else node.output[0]
+        nodes += _row_quantized_matmul(node.input[0], product, prefix,
                                        nonnegative=producers.get(node.input[0]) == "Relu")
+        if bias:
+            nodes.append(onnx.helper.make_node("Add", [product, bias], [node.output[0]]))
         quantized.add(weight.name)
     if not quantized:
         return 0
@@ -107,7 +117,20 @@ def quantize_matmuls(graph: onnx.GraphProto) -> int:
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in _ROW_CONSTANTS.items())
     del graph.node[:]
     graph.node.extend(nodes)
-    return sum(1 for n in nodes if n.op_type == "MatMulInteger")
+    return sum(1 for n in nodes if n.op_type == "MatMulIntegerToFloat")
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: float) -> float:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _is_weight_product(node: onnx.NodeProto) -> bool:
+    """A MatMul, or a Gemm that is one (x @ W or x @ W^T, plus a bias): a decoding step's
+    linear layers on (B, D) rows are exported as Gemm."""
+    if node.op_type == "MatMul":
+        return True
+    return (node.op_type == "Gemm" and not _attribute(node, "transA", 0) and _attribute(node, "alpha", 1.0) == 1.0
+            and _attribute(node, "beta", 1.0) == 1.0)
 
 
 # Shared by every quantized MatMul of a graph.
@@ -141,11 +164,9 @@ def _row_quantized_matmul(x: str, y: str, prefix: str, *, nonnegative: bool) -> 
         steps.append(n("Add", [p + "steps", "int8.offset"], [p + "steps_from_zero_point"]))
     quantized = [n("Round", [steps[-1].output[0]], [p + "rounded"]),
                  n("Cast", [p + "rounded"], [p + "x_uint8"], to=onnx.TensorProto.UINT8)]
-    product = [n("MatMulInteger", [p + "x_uint8", p + "w", f"int8.{kind}_zero_point"], [p + "product"]),
-               n("Cast", [p + "product"], [p + "product_float"], to=onnx.TensorProto.FLOAT),
-               n("Mul", [p + "x_scale", p + "w_scale"], [p + "scale"]),
-               n("Mul", [p + "product_float", p + "scale"], [y])]
-    return magnitude + row_scale + steps + quantized + product
+    product = n("MatMulIntegerToFloat", [p + "x_uint8", p + "w", p + "x_scale", p + "w_scale", f"int8.{kind}_zero_point"],
+                [y], domain="com.microsoft")
+    return magnitude + row_scale + steps + quantized + [product]
 
 
 def to_fp16(path: Path) -> str:

@@ -25,6 +25,7 @@ from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET, export_graphs
+from export.quantize import quantize_matmuls
 from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
 from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, SessionConfig, file_record, load_manifest,
@@ -181,11 +182,42 @@ def test_int8_stores_every_matmul_weight_in_8_bits(tiny_version, tiny_checkpoint
     for graph in ("encoder.onnx", "decoder.onnx"):
         model = onnx.load(str(version_dir / graph))
         weights = {w.name: w for w in model.graph.initializer}
-        assert not [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-        quantized = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+        assert not [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+        quantized = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
         assert quantized and all(weights[n.input[1]].data_type == onnx.TensorProto.INT8 for n in quantized)
     # Embeddings (read by Gather) stay fp32, so the whole shrinks less than the 4x of the matmul weights alone.
     assert weight_bytes(version_dir) < 0.6 * weight_bytes(tiny_version)
+
+
+@pytest.mark.parametrize("layout", ["gemm", "matmul+add"])
+def test_int8_keeps_a_linear_layers_bias(layout):
+    """x @ W^T + b, exported as a Gemm (a step's (B, D) rows) or as MatMul + Add (B, T, D), becomes
+    an integer matmul plus the same bias, within int8's rounding of the fp32 result, in a session
+    with every ONNX Runtime optimization on (its fusion of a bias into a per-row-scaled integer
+    matmul drops the bias: export/quantize.py)."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((5, 3, 16)), rng.standard_normal((24, 16)), rng.standard_normal(24) * 4
+    f32 = onnx.TensorProto.FLOAT
+    if layout == "gemm":
+        x = x[:, 0]
+        nodes = [onnx.helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+        weights = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    else:
+        nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["xw"]), onnx.helper.make_node("Add", ["xw", "b"], ["y"])]
+        weights = [numpy_helper.from_array(w.T.astype(np.float32), "w")]
+    shape = [None] * x.ndim
+    graph = onnx.helper.make_graph(nodes, layout, [onnx.helper.make_tensor_value_info("x", f32, shape[:-1] + [16])],
+                                   [onnx.helper.make_tensor_value_info("y", f32, shape[:-1] + [24])],
+                                   weights + [numpy_helper.from_array(b.astype(np.float32), "b")])
+    assert quantize_matmuls(graph) == 1
+    assert not [n for n in graph.node if n.op_type in ("Gemm", "MatMul")] and "w" not in {i.name for i in graph.initializer}
+    model = onnx.helper.make_model(graph, ir_version=9, opset_imports=[onnx.helper.make_opsetid("", OPSET),
+                                                                       onnx.helper.make_opsetid("com.microsoft", 1)])
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float32)})[0]
+    # x and W each rounded to 1/254 of their largest magnitude: errors of about 1% of |x| |W| sqrt(K);
+    # without the bias (|b| up to ~10) the error would be ten times that.
+    assert np.abs(y - (x @ w.T + b)).max() <= 0.01 * np.abs(x).max() * np.abs(w).max() * 16 ** 0.5
 
 
 def test_int8_rows_are_quantised_alone(tiny_checkpoint, tmp_path):

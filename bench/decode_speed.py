@@ -89,8 +89,10 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path,
     from model.transformer import Transformer
     from model.tsv import read_tsv
 
-    # Keyed by the export code too: a change to the graphs or the quantizer rebuilds the versions.
-    export_code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").glob("*.py"))))
+    # Keyed by the code that makes the graphs too (the export's and the model's that it traces): a
+    # change to the graphs or the quantizer rebuilds the versions.
+    sources = sorted((ROOT / "export").glob("*.py")) + [ROOT / "model" / "transformer.py", ROOT / "model" / "attention.py"]
+    export_code = hashlib.sha256(b"".join(p.read_bytes() for p in sources))
     arch_dir = cache / f"{arch}-v{workload['version']}-{export_code.hexdigest()[:10]}"
     arch_dir.mkdir(parents=True, exist_ok=True)
     with open(arch_dir / ".lock", "w") as lock:  # another run building the same models waits for it

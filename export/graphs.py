@@ -76,8 +76,7 @@ class DecoderStepGraph(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         hidden, keys, values = self.model.decode_step(tokens, cross_keys, cross_values, source_mask, cache_keys,
                                                       cache_values, positions)
-        # Project only the last position: selecting it after the projection would copy (B, V) logits.
-        logits = self.model.logits(hidden[:, -1])
+        logits = self.model.logits(hidden)  # (B, V)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         # The rules and the ranking touch only each row's best k + RULED tokens: masks added over
         # the whole vocabulary cost as much as the top-k itself at 64 rows (docs/benchmarks.md).

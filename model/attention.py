@@ -15,14 +15,22 @@ from torch import nn
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, T, D) -> (B, H, T, D/H)."""
+    """(B, T, D) -> (B, H, T, D/H); a decoding step's (B, D), one position per row, -> (B, H, 1, D/H).
+
+    With one position a row's heads are already contiguous, so a step needs no transpose: one
+    node fewer per projection in the exported step, whose cost at batch 1 is mostly per node.
+    """
+    if x.dim() == 2:
+        return x.view(x.shape[0], heads, 1, x.shape[1] // heads)
     b, t, d = x.shape
     return x.view(b, t, heads, d // heads).transpose(1, 2)
 
 
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, Dh) -> (B, T, H*Dh)."""
+def merge_heads(x: torch.Tensor, *, step: bool = False) -> torch.Tensor:
+    """(B, H, T, Dh) -> (B, T, H*Dh); with `step` (T = 1), -> (B, H*Dh) without a transpose."""
     b, h, t, dh = x.shape
+    if step:
+        return x.reshape(b, h * dh)
     return x.transpose(1, 2).reshape(b, t, h * dh)
 
 
@@ -76,9 +84,9 @@ class SelfAttention(nn.Module):
              cached: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One new position per row over a cache that is read, never copied.
 
-        x: (B, 1, D); cache_k/v: (B, H, C, Dh); cached: (B, 1, 1, C) bool, True at the columns
+        x: (B, D); cache_k/v: (B, H, C, Dh); cached: (B, 1, 1, C) bool, True at the columns
         that hold this row's earlier positions (the others are ignored, whatever they hold).
-        Returns the output (B, 1, D) and this position's key and value (B, H, 1, Dh), which
+        Returns the output (B, D) and this position's key and value (B, H, 1, Dh), which
         the caller writes into its cache. softmax over [cache ; new] is taken as one softmax
         over the two score blocks side by side, so the cache is never concatenated: a copy of
         the whole cache per layer and step (measured: 18% of a decoder step, docs/benchmarks.md).
@@ -90,7 +98,7 @@ class SelfAttention(nn.Module):
                             (q * k).sum(dim=-1, keepdim=True)], dim=-1)  # (B, H, 1, C + 1)
         p = torch.softmax(scores, dim=-1)
         y = p[..., :-1] @ cache_v + p[..., -1:] * v
-        return self.out(merge_heads(y)), k, v
+        return self.out(merge_heads(y, step=True)), k, v
 
 
 class CrossAttention(nn.Module):
@@ -114,7 +122,7 @@ class CrossAttention(nn.Module):
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> (B, T, D)."""
+        """x: (B, T, D), or a step's (B, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> x's shape."""
         q = split_heads(self.q(x), self.heads)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
-        return self.out(merge_heads(y))
+        return self.out(merge_heads(y, step=x.dim() == 2))

@@ -136,7 +136,7 @@ class DecoderLayer(nn.Module):
              cross_k: torch.Tensor, cross_v: torch.Tensor,
              cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`forward` for one new position per row over a fixed cache (SelfAttention.step):
-        x (B, 1, D) -> (B, 1, D) and this position's key and value (B, H, 1, Dh)."""
+        x (B, D) -> (B, D) and this position's key and value (B, H, 1, Dh)."""
         y, k, v = self.self_attention.step(self.self_residual.pre(x), cache_k, cache_v, cached)
         return self._after_self_attention(x, y, cross_k, cross_v, cross_mask), k, v
 
@@ -252,14 +252,16 @@ class Transformer(nn.Module):
 
         tokens: (B, 1); positions: (B,) int64, each row's number of cached tokens; cache_k/v:
         per layer (B, H, C, Dh) with C >= max(positions), row b's tokens in its first
-        positions[b] columns (the others are ignored). Returns hidden states (B, 1, D) and this
+        positions[b] columns (the others are ignored). Returns hidden states (B, D) and this
         step's keys and values, per layer (B, H, 1, Dh), for the caller to write at column
         positions[b]: the cache itself is only read, so a caller keeps it in place.
         """
         cached = (torch.arange(cache_k[0].shape[2], device=tokens.device)[None, :]
                   < positions[:, None])[:, None, None, :]  # (B, 1, 1, C)
         cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
-        x = self.target_embedding(tokens, start=positions[:, None])
+        # One position per row: (B, D) through the layers, so that the exported linear layers are
+        # 2-D matmuls that ONNX Runtime fuses with their bias (and ReLU) into one Gemm node each.
+        x = self.target_embedding(tokens, start=positions[:, None])[:, 0]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder_layers):
             x, k, v = layer.step(x, cache_k[i], cache_v[i], cached, cross_k[i], cross_v[i], cross_mask)

@@ -8,8 +8,8 @@ takes one activation scale for the whole batch, so a sentence's translation chan
 batch mates (17 of 64 test sentences of the default model, alone against batched); a server
 that batches requests must not do that. Here a row's numbers depend on that row alone. It
 replaced MatMulNBits (8-bit weights in blocks of 128), with which a decoder step was 1.3x
-slower at 16 and 64 rows (the vocabulary projection 2.4x; docs/benchmarks.md), though its
-translations stayed nearer fp32's (docs/export.md). No calibration data is needed.
+slower at 16 and 64 rows (the vocabulary projection 2.4x; docs/benchmarks.md), at the same
+distance from fp32 (docs/export.md). No calibration data is needed.
 
 fp16 (for GPUs): every float tensor, inputs, outputs and the cache included, in half precision,
 so the cache moves at half the bytes and the GPU's tensor cores do the matmuls. Softmax and

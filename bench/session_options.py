@@ -20,13 +20,14 @@ from bench.decode_speed import ROOT, WORKLOAD, load_workload, machine, measure_m
 from model.search import DecodeOptions
 from server.runtime import OnnxGraphs, SessionConfig, translate_ids
 
-DEFAULT = SessionConfig(device="cpu", intra_op_threads=2)
+DEFAULT = SessionConfig(device="cpu", streams=1, intra_op_threads=2)
 VARIANTS = {
-    "default (spinning off, optimization all, 2 threads)": DEFAULT,
-    "spinning on": replace(DEFAULT, spinning=True),
+    "default (step spinning, optimization all, 1 stream x 2 threads)": DEFAULT,
+    "spinning off": replace(DEFAULT, spinning=False),
     "optimization basic": replace(DEFAULT, optimization="basic"),
     "optimization extended": replace(DEFAULT, optimization="extended"),
     "1 intra-op thread": replace(DEFAULT, intra_op_threads=1),
+    "2 streams x 1 thread": replace(DEFAULT, streams=2, intra_op_threads=1),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from model.checkpoint import load_checkpoint
 from model.search import DecodeOptions
 from model.translate import translate_hypotheses
-from server.runtime import DeviceUnavailableError, SessionConfig, Translator, pad_ids, translate_ids
+from server.runtime import DeviceUnavailableError, OnnxGraphs, SessionConfig, Translator, pad_ids, translate_ids
 from server.runtime import sessions
 from server.runtime.graph_io import MAX_CANDIDATES, candidates_for
 from tests.builders import tiny_pairs
@@ -262,6 +262,18 @@ def test_streams_and_threads_divide_the_cores(monkeypatch, cores, streams, threa
     monkeypatch.setattr(sessions, "available_cores", lambda: cores)
     config = SessionConfig(device="cpu", streams=streams, intra_op_threads=threads)
     assert (config.cpu_streams(), config.cpu_threads()) == expected
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_only_the_decoder_step_lets_its_threads_spin(tiny_version, spinning):
+    """Spinning threads answer the step's many short parallel sections at once; the encoder's and
+    the cache operations' would take the cores from it (sessions.py: SessionConfig.spinning)."""
+    graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu", streams=1, intra_op_threads=2, spinning=spinning))
+    others = [graphs.encoder, graphs._cache_op("append", 2)]
+
+    def spins(session: ort.InferenceSession) -> bool:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spins(graphs.decoder) == spinning and not any(spins(s) for s in others)
 
 
 def test_rows_in_flight_default_by_device():

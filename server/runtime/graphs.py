@@ -149,7 +149,7 @@ class OnnxGraphs:
         self.config: ModelConfig = self.manifest.config
         self.session_config = session_config
         self.encoder = create_session(self.dir / self.manifest.graphs["encoder"], session_config)
-        self.decoder = create_session(self.dir / self.manifest.graphs["decoder"], session_config)
+        self.decoder = create_session(self.dir / self.manifest.graphs["decoder"], session_config, step=True)
         self.dtype = np.float16 if self.encoder.get_outputs()[0].type == "tensor(float16)" else np.float32
         layers = self.config.decoder_layers
         self._cross_names = cache_names("cross", layers)

@@ -54,8 +54,11 @@ class SessionConfig:
         should not wait behind long steps; thousands on a GPU, where a step costs about the
         same for 1 row or 1,000.
     inter_op_threads: operators run in parallel; decoder graphs are a chain, so 1.
-    spinning: let idle intra-op threads spin. Off: the Python decode loop leaves gaps between
-        graph calls, and spinning threads would burn the cores that the loop needs.
+    spinning: let the decoder step's idle intra-op threads spin between its parallel sections
+        (with more than one thread). A step's sections are microseconds apart, and waking a
+        sleeping thread for each costs more than it saves: small fp32 at batch 1 on 2 threads,
+        1,216 -> 1,763 tokens/s (docs/benchmarks.md). Only the step spins: the encoder's and the
+        cache operations' threads would spin against it (two spinning sessions: 866).
     optimization: ONNX Runtime graph optimization level: "disable", "basic", "extended" or "all".
     device_cache: keep the key/value cache in ONNX Runtime values on the execution device
         between decoder steps (I/O binding), reordering its rows there too; None = on CUDA only.
@@ -67,7 +70,7 @@ class SessionConfig:
     streams: int = 0
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    spinning: bool = False
+    spinning: bool = True
     optimization: str = "all"
     device_cache: bool | None = None
     max_rows: int = 0
@@ -134,26 +137,28 @@ def _log_fallback_once(reason: str) -> None:
 _CUDA_OPTIONS = {"use_tf32": "0"}
 
 
-def session_options(config: SessionConfig) -> ort.SessionOptions:
+def session_options(config: SessionConfig, *, step: bool = False) -> ort.SessionOptions:
+    """Options for a session of `config`; `step`: the decoder step's, which may spin."""
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[config.optimization]
     options.intra_op_num_threads = config.cpu_threads()
     options.inter_op_num_threads = config.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if step and config.spinning else "0")
     options.log_severity_level = 3  # errors only: ONNX Runtime's warnings are noise to operators
     return options
 
 
-def create_session(graph: str | Path | bytes, config: SessionConfig) -> ort.InferenceSession:
-    """A session for one graph (a file, or a serialized model) on the configured device.
+def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bool = False) -> ort.InferenceSession:
+    """A session for one graph (a file, or a serialized model) on the configured device; `step`:
+    the decoder step's (SessionConfig.spinning).
 
     With device "cuda", a GPU that the provider library found but could not use is an error
     too: the session would otherwise run on the CPU without saying so.
     """
     providers = providers_for(config.device)
     options = [_CUDA_OPTIONS if p == CUDA else {} for p in providers]
-    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), session_options(config),
+    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), session_options(config, step=step),
                                    providers=providers, provider_options=options)
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:
         reason = "the CUDA provider loaded but found no usable GPU"

@@ -276,6 +276,14 @@ def test_only_the_decoder_step_lets_its_threads_spin(tiny_version, spinning):
     assert spins(graphs.decoder) == spinning and not any(spins(s) for s in others)
 
 
+def test_the_encoder_returns_its_memory_after_each_call_and_the_step_keeps_its_arena(tiny_version):
+    """Admissions encode batches of any size: an arena would keep the largest one's intermediates
+    reserved for the process's life (graphs.py); the step reuses the same shapes every token."""
+    graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu"))
+    assert not graphs.encoder.get_session_options().enable_cpu_mem_arena
+    assert graphs.decoder.get_session_options().enable_cpu_mem_arena
+
+
 def test_rows_in_flight_default_by_device():
     assert SessionConfig().rows_limit(sessions.CPU) == 128 and SessionConfig().rows_limit(sessions.CUDA) == 4096
     assert SessionConfig(max_rows=24).rows_limit(sessions.CUDA) == 24

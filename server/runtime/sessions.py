@@ -149,17 +149,21 @@ def session_options(config: SessionConfig, *, step: bool = False) -> ort.Session
     return options
 
 
-def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bool = False) -> ort.InferenceSession:
+def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bool = False,
+                   arena: bool = True) -> ort.InferenceSession:
     """A session for one graph (a file, or a serialized model) on the configured device; `step`:
-    the decoder step's (SessionConfig.spinning).
+    the decoder step's (SessionConfig.spinning); `arena`: ONNX Runtime's CPU memory arena, which
+    keeps the largest call's intermediates for the session's life.
 
     With device "cuda", a GPU that the provider library found but could not use is an error
     too: the session would otherwise run on the CPU without saying so.
     """
     providers = providers_for(config.device)
-    options = [_CUDA_OPTIONS if p == CUDA else {} for p in providers]
-    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), session_options(config, step=step),
-                                   providers=providers, provider_options=options)
+    provider_options = [_CUDA_OPTIONS if p == CUDA else {} for p in providers]
+    options = session_options(config, step=step)
+    options.enable_cpu_mem_arena = arena
+    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                   providers=providers, provider_options=provider_options)
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:
         reason = "the CUDA provider loaded but found no usable GPU"
         if config.device == "cuda":

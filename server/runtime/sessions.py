@@ -57,8 +57,8 @@ class SessionConfig:
     spinning: let the decoder step's idle intra-op threads spin between its parallel sections
         (with more than one thread). A step's sections are microseconds apart, and waking a
         sleeping thread for each costs more than it saves: small fp32 at batch 1 on 2 threads,
-        1,216 -> 1,763 tokens/s (docs/benchmarks.md). Only the step spins: the encoder's and the
-        cache operations' threads would spin against it (two spinning sessions: 866).
+        1,179 -> 1,562 tokens/s (bench/session_options.py). Only the step spins: the encoder's
+        and the cache operations' threads would spin against it (docs/benchmarks.md).
     optimization: ONNX Runtime graph optimization level: "disable", "basic", "extended" or "all".
     device_cache: keep the key/value cache in ONNX Runtime values on the execution device
         between decoder steps (I/O binding), reordering its rows there too; None = on CUDA only.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import gzip
 import threading
+import tracemalloc
 import weakref
 
 import numpy as np
@@ -188,6 +189,24 @@ def test_the_default_model_under_continuous_admission_of_200_sentences_translate
     differing = [i for i in range(len(ids))
                  if not same(collected.results[i], alone(translator.graphs, ids[i], options[i]))]
     assert differing == []
+
+
+def test_a_cache_resize_holds_one_tensor_twice_never_the_whole_cache_twice(tiny):
+    """A wider cache is made tensor by tensor, each copy replacing its original in the engine's
+    list at once: at its peak a resize holds the new cache plus one old tensor, not the old and
+    the new caches side by side (the server's peak memory under load, docs/benchmarks.md)."""
+    g = tiny.graphs
+    tracemalloc.start()
+    try:
+        cache = [np.ones((16, g.config.heads, 64, g.config.head_dim), g.dtype) for _ in range(4)]
+        old_bytes = cache[0].nbytes
+        tracemalloc.reset_peak()
+        Engine(g, 16)._arranged(cache, None, 0, 256)
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(t.shape[2] == 256 and (t[:, :, :64] == 1).all() and not t[:, :, 64:].any() for t in cache)
+    assert peak - now < 1.5 * old_bytes  # the whole cache held twice would be 4 old tensors over
 
 
 def test_graphs_that_translate_ids_used_are_freed_once_their_threads_end(tiny_version, monkeypatch):

@@ -37,6 +37,8 @@ GRAPH_OPTIMIZATIONS = [
     "per-row positions and EOS rule: rows at different steps share a decoder step (step-level batching)",
     "the cache is read, never copied: a step returns only its new keys and values, written in place by the runtime",
     "top-k as wide as the widest beam in the step needs (the candidates input), not the widest beam allowed",
+    "the decoding rules applied to each row's best k + 3 log-probabilities only, not as masks over the vocabulary",
+    "a step carries one position per row as (B, D): no head transposes, linear layers as Gemms fused with bias and ReLU",
 ]
 
 log = logging.getLogger("rosetta.export")

@@ -29,7 +29,6 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 PRECISIONS = ("fp32", "int8", "fp16")
 
 
-
 def fold_weight_transposes(path: Path) -> int:
     """Give MatMuls that read Transpose(weight) a transposed copy of the weight instead.
 
@@ -47,7 +46,7 @@ def fold_weight_transposes(path: Path) -> int:
         if node.op_type != "MatMul" or node.input[1] not in transposed:
             continue
         source = transposed[node.input[1]]
-        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
+        perm = _attribute(source, "perm", None)
         if source.output[0] not in folded:
             array = numpy_helper.to_array(weights[source.input[0]])
             name = f"{source.input[0]}.transposed"
@@ -120,7 +119,8 @@ def quantize_matmuls(graph: onnx.GraphProto) -> int:
     return sum(1 for n in nodes if n.op_type == "MatMulIntegerToFloat")
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: float) -> float:
+def _attribute(node: onnx.NodeProto, name: str, default: object) -> object:
+    """A node's attribute `name`, or `default` where the node does not set it."""
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
@@ -151,9 +151,7 @@ def _row_quantized_matmul(x: str, y: str, prefix: str, *, nonnegative: bool) -> 
 
     Each row's scale depends on that row alone, so a sentence's result does not depend on its
     batch mates (one scale per call, as ONNX Runtime's dynamic quantization takes, made it so)."""
-    from onnx import helper
-
-    n, p = helper.make_node, prefix
+    n, p = onnx.helper.make_node, prefix
     kind = "nonnegative" if nonnegative else "signed"
     magnitude = [] if nonnegative else [n("Abs", [x], [p + "abs"])]
     row_scale = [n("ReduceMax", [p + "abs" if magnitude else x, "int8.last_axis"], [p + "max"], keepdims=1),

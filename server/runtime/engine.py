@@ -288,8 +288,9 @@ class Engine:
         layout = np.arange(rows) if layout is None else layout
         moving = len(layout) != rows or not np.array_equal(layout, np.arange(rows))
         target = width if moving or self._resized(current, width) else current
+        grow = added or target > current
         for i, tensor in enumerate(cache):
-            if added or target > current:
+            if grow:
                 _, heads, _, head_dim = cache_shape(tensor)
                 zeros = np.zeros((added, heads, 0, head_dim), g.dtype)
                 cache[i] = g.regroup([tensor], layout, (0, min(current, target)), [zeros], target)[0]

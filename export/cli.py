@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import onnx
 from export.calibration import fit_calibration
-from export.onnx_export import GRAPH_OPTIMIZATIONS, OPSET, export_graphs
+from export.onnx_export import GRAPH_OPTIMIZATIONS, export_graphs
 from export.parity import verify
 from export.probes import write_probes
 from export.publish import publish, staging_dir, write_manifest
@@ -41,6 +42,12 @@ def library_versions() -> dict[str, str]:
     return {name: package_version(name) for name in ("torch", "onnx", "onnxscript", "onnxruntime-gpu", "numpy")}
 
 
+def graph_opset(path: Path) -> int:
+    """The ONNX opset a saved graph imports (int8 graphs need a later one than the export's)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs: dict[str, str], weights: str,
                    optimizations: list[str]) -> Manifest:
     info = checkpoint.info
@@ -54,7 +61,7 @@ def build_manifest(staging: Path, checkpoint, name: str, precision: str, graphs:
         graphs=graphs,
         tokenizer=TOKENIZER,
         files={p.name: file_record(p) for p in sorted(staging.iterdir()) if not p.name.startswith(".")},
-        opset=OPSET,
+        opset=max(graph_opset(staging / g) for g in graphs.values()),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         weights=weights,
         source_checkpoint={"path": str(checkpoint.path), "sha256": sha256_file(checkpoint.weights),

@@ -25,7 +25,7 @@ from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET, export_graphs
-from export.quantize import quantize_matmuls
+from export.quantize import INT8_OPSET, quantize_matmuls
 from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
 from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, SessionConfig, file_record, load_manifest,
@@ -185,6 +185,11 @@ def test_int8_stores_every_matmul_weight_in_8_bits(tiny_version, tiny_checkpoint
         assert not [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
         quantized = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
         assert quantized and all(weights[n.input[1]].data_type == onnx.TensorProto.INT8 for n in quantized)
+        # A row is quantised in one node; a graph's matmuls all take rows of one shape, so one
+        # tensor of zero points serves them all.
+        assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == len(quantized)
+        assert sum(n.op_type == "ConstantOfShape" for n in model.graph.node) == 1
+    assert load_manifest(version_dir).opset == INT8_OPSET
     # Embeddings (read by Gather) stay fp32, so the whole shrinks less than the 4x of the matmul weights alone.
     assert weight_bytes(version_dir) < 0.6 * weight_bytes(tiny_version)
 
@@ -211,7 +216,7 @@ def test_int8_keeps_a_linear_layers_bias(layout):
                                    weights + [numpy_helper.from_array(b.astype(np.float32), "b")])
     assert quantize_matmuls(graph) == 1
     assert not [n for n in graph.node if n.op_type in ("Gemm", "MatMul")] and "w" not in {i.name for i in graph.initializer}
-    model = onnx.helper.make_model(graph, ir_version=9, opset_imports=[onnx.helper.make_opsetid("", OPSET),
+    model = onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", INT8_OPSET),
                                                                        onnx.helper.make_opsetid("com.microsoft", 1)])
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.astype(np.float32)})[0]

@@ -69,13 +69,15 @@ class DecoderStepGraph(nn.Module):
         source_mask: torch.Tensor,
         eos_allowed: torch.Tensor,
         candidates: torch.Tensor,
+        query_grid: torch.Tensor,
+        query_slots: torch.Tensor,
         cross_keys: Cache,
         cross_values: Cache,
         cache_keys: Cache,
         cache_values: Cache,
     ) -> tuple[torch.Tensor, ...]:
         hidden, keys, values = self.model.decode_step(tokens, cross_keys, cross_values, source_mask, cache_keys,
-                                                      cache_values, positions)
+                                                      cache_values, positions, query_grid, query_slots)
         logits = self.model.logits(hidden)  # (B, V)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         # The rules and the ranking touch only each row's best k + RULED tokens: masks added over

@@ -23,7 +23,7 @@ from torch.export import Dim
 from export.graphs import DecoderStepGraph, EncoderGraph
 from model.transformer import Transformer
 from server.runtime import decoder_names, encoder_names
-from server.runtime.graph_io import MAX_CANDIDATES
+from server.runtime.graph_io import MAX_CANDIDATES, QUERY_GROUP
 
 OPSET = 18
 ENCODER_FILE = "encoder.onnx"
@@ -39,15 +39,16 @@ GRAPH_OPTIMIZATIONS = [
     "top-k as wide as the widest beam in the step needs (the candidates input), not the widest beam allowed",
     "the decoding rules applied to each row's best k + 3 log-probabilities only, not as masks over the vocabulary",
     "a step carries one position per row as (B, D): no head transposes, linear layers as Gemms fused with bias and ReLU",
+    "cross-attention reads one key/value entry per source: a sentence's beams are gathered into one product with it",
 ]
 
 log = logging.getLogger("rosetta.export")
 
 
-def _dims(model: Transformer) -> tuple[Dim, Dim, Dim]:
+def _dims(model: Transformer) -> tuple[Dim, Dim, Dim, Dim]:
     c = model.config
     return (Dim("batch", min=1, max=MAX_BATCH), Dim("source_len", min=1, max=c.max_positions),
-            Dim("capacity", min=0, max=c.max_positions))
+            Dim("capacity", min=0, max=c.max_positions), Dim("sources", min=1, max=MAX_BATCH))
 
 
 def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, capacity: int = 6):
@@ -65,8 +66,13 @@ def example_inputs(model: Transformer, batch: int = 3, source_len: int = 7, capa
     # Rows at different lengths and one not allowed EOS, so both are traced as data.
     positions = torch.arange(capacity - 2, capacity - 2 - batch, -1).clamp(min=0)
     eos_allowed = torch.arange(batch) > 0
-    return source, (tokens, positions, model.source_mask(source), eos_allowed, torch.zeros(8, dtype=torch.int64),
-                    cross_k, cross_v, cache, [t.clone() for t in cache])
+    # Two sources for the three rows: row 0 reads source 0, rows 1 and 2 (two beams) source 1.
+    sources = 2
+    query_grid = torch.tensor([[0, 0, 0], [1, 2, 0]])
+    query_slots = torch.tensor([[0, 0], [1, 0], [1, 1]])
+    return source, (tokens, positions, model.source_mask(source[:sources]), eos_allowed,
+                    torch.zeros(8, dtype=torch.int64), query_grid, query_slots,
+                    [t[:sources] for t in cross_k], [t[:sources] for t in cross_v], cache, [t.clone() for t in cache])
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -87,7 +93,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     inference included) before this returns.
     """
     model = model.eval()
-    batch, source_len, capacity = _dims(model)
+    batch, source_len, capacity, sources = _dims(model)
     source, step_args = example_inputs(model)
     layers = model.config.decoder_layers
     log.info("exporting the encoder")
@@ -95,10 +101,11 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
             out_dir / ENCODER_FILE)
     log.info("exporting the decoder step")
     cache = [{0: batch, 2: capacity}] * layers
-    cross = [{0: batch, 2: source_len}] * layers
+    cross = [{0: sources, 2: source_len}] * layers
     _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
-            {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: batch, 1: source_len},
+            {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: sources, 1: source_len},
              "eos_allowed": {0: batch}, "candidates": {0: Dim("candidates", min=1, max=MAX_CANDIDATES)},
+             "query_grid": {0: sources, 1: Dim("query_group", min=1, max=QUERY_GROUP)}, "query_slots": {0: batch},
              "cross_keys": cross, "cross_values": cross, "cache_keys": cache, "cache_values": cache},
             out_dir / DECODER_FILE)
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}

@@ -8,10 +8,31 @@ written-out softmax(QK^T / sqrt(d)) V. Masks are boolean and broadcastable to
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class QueryGrid(NamedTuple):
+    """Where a step's rows sit among the sources' query groups (CrossAttention with a grid).
+
+    queries: (G * H * GROUP,) for each source, head and group slot, the (row * H + head) to take;
+    rows: (B * H,) for each row and head, its (source * H + head) * GROUP + slot in the grid."""
+
+    queries: torch.Tensor
+    rows: torch.Tensor
+
+    @classmethod
+    def of(cls, query_grid: torch.Tensor, query_slots: torch.Tensor, heads: int) -> QueryGrid:
+        """query_grid: (G, GROUP) the row in each source's slots (any row where a slot is empty);
+        query_slots: (B, 2) each row's source and slot."""
+        group = query_grid.shape[1]
+        h = torch.arange(heads, device=query_grid.device)
+        queries = (query_grid[:, None, :] * heads + h[None, :, None]).reshape(-1)
+        rows = (query_slots[:, :1] * heads + h[None, :]) * group + query_slots[:, 1:]
+        return cls(queries, rows.reshape(-1))
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -121,8 +142,18 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).chunk(2, dim=-1)
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, D), or a step's (B, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> x's shape."""
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                grid: QueryGrid | None = None) -> torch.Tensor:
+        """x: (B, T, D), or a step's (B, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> x's shape.
+
+        With a `grid` (a step's (B, D) rows only), k, v and mask hold one entry per source, (G, ...),
+        and the rows' queries are gathered into (G, H, GROUP, Dh): each source's keys and values
+        are read once for all its beams, not once per beam."""
+        if grid is not None:
+            b, d = x.shape
+            q = self.q(x).reshape(b * self.heads, d // self.heads).index_select(0, grid.queries)
+            y = attend(q.reshape(k.shape[0], self.heads, -1, d // self.heads), k, v, mask, 0.0)
+            return self.out(y.reshape(-1, d // self.heads).index_select(0, grid.rows).reshape(b, d))
         q = split_heads(self.q(x), self.heads)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.out(merge_heads(y, step=x.dim() == 2))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import CrossAttention, SelfAttention
+from model.attention import CrossAttention, QueryGrid, SelfAttention
 from model.config import ModelConfig
 
 Cache = list[torch.Tensor]  # one (B, H, P, Dh) tensor per decoder layer
@@ -133,19 +133,21 @@ class DecoderLayer(nn.Module):
         return self._after_self_attention(x, y, cross_k, cross_v, cross_mask), k, v
 
     def step(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, cached: torch.Tensor,
-             cross_k: torch.Tensor, cross_v: torch.Tensor,
-             cross_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`forward` for one new position per row over a fixed cache (SelfAttention.step):
+             cross_k: torch.Tensor, cross_v: torch.Tensor, cross_mask: torch.Tensor,
+             grid: QueryGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` for one new position per row over a fixed cache (SelfAttention.step), the
+        cross-attention one entry per source (CrossAttention with a grid):
         x (B, D) -> (B, D) and this position's key and value (B, H, 1, Dh)."""
         y, k, v = self.self_attention.step(self.self_residual.pre(x), cache_k, cache_v, cached)
-        return self._after_self_attention(x, y, cross_k, cross_v, cross_mask), k, v
+        return self._after_self_attention(x, y, cross_k, cross_v, cross_mask, grid), k, v
 
     def _after_self_attention(self, x: torch.Tensor, y: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor,
-                              cross_mask: torch.Tensor) -> torch.Tensor:
+                              cross_mask: torch.Tensor, grid: QueryGrid | None = None) -> torch.Tensor:
         """The layer's output from its input x and its self-attention's output y: the residual,
         then cross-attention and the feed-forward, each in its own residual."""
         x = self.self_residual.post(x, y)
-        x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask))
+        x = self.cross_residual.post(x, self.cross_attention(self.cross_residual.pre(x), cross_k, cross_v, cross_mask,
+                                                             grid))
         return self.ffn_residual.post(x, self.ffn(self.ffn_residual.pre(x)))
 
 
@@ -246,25 +248,32 @@ class Transformer(nn.Module):
         cache_k: Cache,
         cache_v: Cache,
         positions: torch.Tensor,
+        query_grid: torch.Tensor,
+        query_slots: torch.Tensor,
     ) -> tuple[torch.Tensor, Cache, Cache]:
         """One new token per row, rows at different lengths: what a decode loop that adds
         sentences to a running batch runs at every step.
 
         tokens: (B, 1); positions: (B,) int64, each row's number of cached tokens; cache_k/v:
         per layer (B, H, C, Dh) with C >= max(positions), row b's tokens in its first
-        positions[b] columns (the others are ignored). Returns hidden states (B, D) and this
-        step's keys and values, per layer (B, H, 1, Dh), for the caller to write at column
-        positions[b]: the cache itself is only read, so a caller keeps it in place.
+        positions[b] columns (the others are ignored). cross_k/v: per layer (G, H, S, Dh), one
+        entry per source, and src_mask (G, S): a sentence's beams share their source's entry,
+        read once for all of them. query_grid (G, GROUP): the row in each of a source's GROUP
+        query slots (any row where a slot is unused); query_slots (B,): each row's source *
+        GROUP + slot. Returns hidden states (B, D) and this step's keys and values, per layer
+        (B, H, 1, Dh), for the caller to write at column positions[b]: the cache itself is
+        only read, so a caller keeps it in place.
         """
         cached = (torch.arange(cache_k[0].shape[2], device=tokens.device)[None, :]
                   < positions[:, None])[:, None, None, :]  # (B, 1, 1, C)
-        cross_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
+        cross_mask = src_mask[:, None, None, :]  # (G, 1, 1, S)
+        grid = QueryGrid.of(query_grid, query_slots, self.config.heads)
         # One position per row: (B, D) through the layers, so that the exported linear layers are
         # 2-D matmuls that ONNX Runtime fuses with their bias (and ReLU) into one Gemm node each.
         x = self.target_embedding(tokens, start=positions[:, None])[:, 0]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder_layers):
-            x, k, v = layer.step(x, cache_k[i], cache_v[i], cached, cross_k[i], cross_v[i], cross_mask)
+            x, k, v = layer.step(x, cache_k[i], cache_v[i], cached, cross_k[i], cross_v[i], cross_mask, grid)
             ks.append(k)
             vs.append(v)
         return self.decoder_norm(x), ks, vs

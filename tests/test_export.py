@@ -291,16 +291,17 @@ def test_probes_replay_token_for_token_and_record_heldout_quality(tiny_version):
 
 def test_manifest_is_plain_json_a_client_can_read(tiny_version):
     data = json.loads((tiny_version / MANIFEST).read_text())
-    assert data["format"] == 4 and data["parity"]["passed"] is True
+    assert data["format"] == 5 and data["parity"]["passed"] is True
     assert os.path.getsize(tiny_version / MANIFEST) < 64_000
 
 
 @pytest.mark.parametrize("format_, why", [(1, "per-row positions"), (2, "grown copy of the cache"),
-                                         (3, "fixed number of best tokens")])
+                                         (3, "fixed number of best tokens"),
+                                         (4, "one cross-attention cache entry per row")])
 def test_a_version_of_an_older_graph_format_is_refused_with_what_to_do(tiny_version, tmp_path, format_, why):
     """Format 1 decoder steps make every row share one length; format 2 steps return the grown
-    cache instead of the new position's keys; format 3 steps take no top-k width: the engine
-    runs none of them."""
+    cache instead of the new position's keys; format 3 steps take no top-k width; format 4
+    steps read a cross-attention entry per row, not per source: the engine runs none of them."""
     old = tmp_path / "1"
     shutil.copytree(tiny_version, old)
     data = json.loads((old / MANIFEST).read_text())

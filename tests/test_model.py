@@ -117,7 +117,9 @@ def test_a_step_over_rows_at_different_lengths_equals_each_rows_own_decode(norm_
                                      torch.randn(4, c.heads, 7, c.head_dim, generator=generator) * 100)
                          for t in cache] for cache in (full_k, full_v))
     tokens = tgt[torch.arange(4), positions][:, None]
-    hidden, new_k, new_v = model.decode_step(tokens, cross_k, cross_v, mask, cache_k, cache_v, positions)
+    own = torch.arange(4)
+    hidden, new_k, new_v = model.decode_step(tokens, cross_k, cross_v, mask, cache_k, cache_v, positions,
+                                             torch.stack([own, own], 1), torch.stack([own, 0 * own], 1))
     assert {t.shape for t in new_k + new_v} == {(4, c.heads, 1, c.head_dim)}
     for row, n in enumerate(positions.tolist()):
         r = slice(row, row + 1)
@@ -125,6 +127,27 @@ def test_a_step_over_rows_at_different_lengths_equals_each_rows_own_decode(norm_
                                     [t[r, :, :n] for t in full_k], [t[r, :, :n] for t in full_v])
         assert (model.logits(hidden[r]) - logits).abs().max().item() <= 1e-5
         assert max((a[r] - b[:, :, n:]).abs().max().item() for a, b in zip(new_k + new_v, k + v)) <= 1e-5
+
+
+def test_beams_sharing_their_sources_cross_attention_entry_get_what_each_gets_with_its_own_copy():
+    """decode_step with one cross-attention entry per source, read by all of its rows through the
+    query grid: rows 0-2 are three beams of source 0, row 3 the one beam of source 1."""
+    model = make_model()
+    src = random_batch([9, 5])
+    cross_k, cross_v = model.cross_kv(model.encode(src))
+    mask = model.source_mask(src)
+    tokens = random_batch([1, 1, 1, 1], seed=3)[:, :1]
+    positions = torch.zeros(4, dtype=torch.long)
+    cache = model.empty_cache(4)
+    rows = torch.tensor([0, 0, 0, 1])  # each row's source
+    copies = [t[rows] for t in cross_k], [t[rows] for t in cross_v]
+    own = torch.arange(4)
+    each, _, _ = model.decode_step(tokens, *copies, mask[rows], *cache, positions, torch.stack([own, own], 1),
+                                   torch.stack([own, 0 * own], 1))
+    grid = torch.tensor([[0, 1, 2, 0], [3, 0, 0, 0]])  # source 1 uses one of its four slots
+    slots = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0]])
+    shared, _, _ = model.decode_step(tokens, cross_k, cross_v, mask, *cache, positions, grid, slots)
+    assert (shared - each).abs().max().item() <= 1e-5
 
 
 def written_out_attention(q, k, v, mask):

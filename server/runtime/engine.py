@@ -35,7 +35,7 @@ import numpy as np
 
 from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
 from server.runtime.allocator import map_large_blocks
-from server.runtime.graph_io import candidates_for
+from server.runtime.graph_io import QUERY_GROUP, candidates_for, entries_for, query_width
 from server.runtime.graphs import Cache, OnnxGraphs, cache_shape
 
 log = logging.getLogger("rosetta.engine")
@@ -81,6 +81,7 @@ class _Live:
     beams: SentenceBeams | None = None
     beam_scores: list[float] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)  # the engine's rows it holds, one per beam
+    entries: list[int] = field(default_factory=list)  # its source's cross-attention entries, one per QUERY_GROUP beams
 
     @classmethod
     def start(cls, sentence: Sentence, max_positions: int) -> _Live:
@@ -106,13 +107,15 @@ class _Live:
 class Engine:
     """The rows in flight on one stream, and the step that advances them.
 
-    Rows are slots: a sentence holds one slot per beam for its whole life, so its source's
-    cross-attention cache is written once, when it joins, and never moved. The self-attention
-    cache has room for `CAPACITY_STEP` more positions at a time: a step reads it and its new
-    keys and values are written into it in place, and a beam that continues another copies
-    only that row. A finished sentence leaves its slots free for the next one to join (its
-    cache entries are masked out by position and source mask, never read); free slots are
-    dropped when they are more than a quarter of all.
+    Rows are slots: a sentence holds one slot per beam for its whole life. Its source's
+    cross-attention keys and values are one entry, shared by up to QUERY_GROUP of its beams
+    (graph_io), written once, when it joins, and never moved: a step reads each source's entry
+    once for all its beams. The self-attention cache has room for `CAPACITY_STEP` more
+    positions at a time: a step reads it and its new keys and values are written into it in
+    place, and a beam that continues another copies only that row. A finished sentence leaves
+    its slots and entries free for the next one to join (what they hold is masked out by
+    position, never read); free slots and entries are dropped when they are more than a
+    quarter of all.
     """
 
     # Room is made for this many positions at once: each growth copies the cache, each spare
@@ -130,8 +133,10 @@ class Engine:
         self._held = np.zeros(0, bool)  # each slot: held by a sentence (else free)
         self._tokens = np.zeros((0, 1), np.int64)
         self._positions = np.zeros(0, np.int64)  # each slot's cached tokens
-        self._source_mask = np.zeros((0, 0), bool)
-        self._cross: tuple[Cache, Cache] = ([], [])
+        self._source_mask = np.zeros((0, 0), bool)  # each entry's real source tokens
+        self._entry_held = np.zeros(0, bool)  # each cross-attention entry: held by a sentence (else free)
+        self._cross: tuple[Cache, Cache] = ([], [])  # one entry per source (and QUERY_GROUP beams)
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None  # the step's query_grid, query_slots
         self._past: tuple[Cache, Cache] = ([], [])
         self._origins: np.ndarray | None = None  # after a step: the slot each slot continues (beams)
 
@@ -152,8 +157,9 @@ class Engine:
         eos_allowed = np.zeros(len(self._held), bool)
         for live in self.live:
             eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
+        widest = max(live.rows for live in self.live)
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
-                               *self._past, candidates=candidates_for(max(live.rows for live in self.live)))
+                               *self._past, candidates=candidates_for(widest), query=self._query_grid(widest))
         self._past = tuple(self.graphs.append(cache, self._positions, new)
                            for cache, new in zip(self._past, (out.keys, out.values)))
         self._advance(out.top_log_probs, out.top_ids)
@@ -195,19 +201,21 @@ class Engine:
             else:
                 live.sentence.done(done)
                 self._held[live.slots] = False
+                self._entry_held[live.entries] = False
+                self._grid = None
         self._origins = None if np.array_equal(origins, np.arange(len(origins))) else origins
         self._positions = np.where(self._held, self._positions[origins] + 1, 0)  # free slots: nothing cached
         self._tokens = tokens.reshape(-1, 1)
         self.live = going_on
 
     def _arrange(self, joining: Sequence[Sentence]) -> None:
-        """The slots of the next step: beams' caches reordered, newcomers in free slots (or new
-        ones), free slots dropped when there are many, room for the next position; each cache
-        copied at most once."""
-        slots = len(self._held)
+        """The slots and entries of the next step: beams' caches reordered, newcomers in free
+        slots and entries (or new ones), free ones dropped when there are many, room for the
+        next position; each cache copied at most once."""
         wanted = sum(s.rows for s in joining)
-        compact = slots - self.rows - wanted > slots // 4  # many free slots: keep only the held ones
-        if not (joining or compact):
+        wanted_entries = sum(entries_for(s.rows) for s in joining)
+        compact, compact_entries = _sparse(self._held, wanted), _sparse(self._entry_held, wanted_entries)
+        if not (joining or compact or compact_entries):
             if self.live:
                 self._reorder_past()
                 self._fit()
@@ -215,33 +223,43 @@ class Engine:
                 self._clear()
             return
         self._reorder_past()
-        free = np.flatnonzero(~self._held).tolist()
-        layout = np.arange(slots)  # the old slot of each slot
-        if compact:
-            layout, free = np.flatnonzero(self._held), []
-        added = max(0, wanted - len(free))
-        renumber = {int(old): new for new, old in enumerate(layout)}
+        self._grid = None
+        free = self._arrange_rows(wanted, compact)
+        free_entries = self._arrange_entries(joining, wanted_entries, compact_entries)
+        if joining:
+            self._admit(joining, free, free_entries)
+        if not self.live:
+            self._clear()
+
+    def _arrange_rows(self, wanted: int, compact: bool) -> list[int]:
+        """The self-attention cache's slots rearranged for `wanted` more rows; returns the slots
+        the newcomers take."""
+        layout, renumber, free, added = _renumbering(self._held, wanted, compact)
         for live in self.live:
-            live.slots = [renumber[slot] for slot in live.slots]
-        free = [renumber[slot] for slot in free] + list(range(len(layout), len(layout) + added))
-        slots = len(layout) + added
+            live.slots = renumber[live.slots].tolist()
         positions = np.concatenate([self._positions[layout], np.zeros(added, np.int64)])
         room = self._room(int(positions.max(initial=0)) + 1)
         self._past = tuple(self._arranged(cache, layout, added, room) for cache in self._past) \
             if self._past[0] else self.graphs.empty_cache(added, room)
-        source_width = max([live.source_length for live in self.live] + [len(s.ids) for s in joining], default=0)
-        self._cross = tuple(self._arranged(cache, layout, added, source_width) for cache in self._cross)
-        mask = np.zeros((slots, _width(self._cross[0][0]) if self._cross[0] else source_width), bool)
-        old_mask = self._source_mask[layout, : mask.shape[1]]
-        mask[: len(layout), : old_mask.shape[1]] = old_mask
-        self._source_mask = mask
         self._positions = positions
         self._tokens = np.concatenate([self._tokens[layout], np.zeros((added, 1), np.int64)])
         self._held = np.concatenate([self._held[layout], np.zeros(added, bool)])
-        if joining:
-            self._admit(joining, free)
-        if not self.live:
-            self._clear()
+        return free
+
+    def _arrange_entries(self, joining: Sequence[Sentence], wanted: int, compact: bool) -> list[int]:
+        """The cross-attention entries rearranged for `wanted` more, as wide as the longest
+        source in flight or joining; returns the entries the newcomers take."""
+        layout, renumber, free, added = _renumbering(self._entry_held, wanted, compact)
+        for live in self.live:
+            live.entries = renumber[live.entries].tolist()
+        source_width = max([live.source_length for live in self.live] + [len(s.ids) for s in joining], default=0)
+        self._cross = tuple(self._arranged(cache, layout, added, source_width) for cache in self._cross)
+        mask = np.zeros((len(layout) + added, _width(self._cross[0][0]) if self._cross[0] else source_width), bool)
+        old_mask = self._source_mask[layout, : mask.shape[1]]
+        mask[: len(layout), : old_mask.shape[1]] = old_mask
+        self._source_mask = mask
+        self._entry_held = np.concatenate([self._entry_held[layout], np.zeros(added, bool)])
+        return free
 
     def _room(self, needed: int) -> int:
         """The self-attention cache's width for `needed` positions: a multiple of CAPACITY_STEP."""
@@ -298,26 +316,48 @@ class Engine:
                 cache[i] = g.select([tensor], layout, (0, target))[0]
         return cache
 
-    def _admit(self, joining: Sequence[Sentence], free: list[int]) -> None:
-        """Encode the newcomers and write them into free slots (K per sentence)."""
+    def _admit(self, joining: Sequence[Sentence], free: list[int], free_entries: list[int]) -> None:
+        """Encode the newcomers and write them into free slots (K per sentence) and entries (one
+        per QUERY_GROUP beams)."""
         g, c = self.graphs, self.graphs.config
         source = pad_ids([s.ids for s in joining], c.pad_id)
-        repeat = np.repeat(np.arange(len(joining)), [s.rows for s in joining])
-        slots = np.array(free[: len(repeat)], np.int64)
+        counts = [entries_for(s.rows) for s in joining]
+        repeat = np.repeat(np.arange(len(joining)), counts)  # each new entry's sentence
+        entries = np.array(free_entries[: len(repeat)], np.int64)
         encoded = g.encode(source)
-        self._cross = tuple(g.write(cache, slots, g.select(new, repeat)) for cache, new in zip(self._cross, encoded)) \
+        self._cross = tuple(g.write(cache, entries, g.select(new, repeat)) for cache, new in zip(self._cross, encoded)) \
             if self._cross[0] else tuple(g.select(new, repeat) for new in encoded)
-        self._source_mask[slots] = False
-        self._source_mask[slots, : source.shape[1]] = (source != c.pad_id)[repeat]
+        self._source_mask[entries] = False
+        self._source_mask[entries, : source.shape[1]] = (source != c.pad_id)[repeat]
+        slots = np.array(free[: sum(s.rows for s in joining)], np.int64)
         self._positions[slots] = 0
         self._tokens[slots] = c.bos_id
-        start = 0
-        for sentence in joining:
+        row = entry = 0
+        for sentence, count in zip(joining, counts):
             live = _Live.start(sentence, c.max_positions)
-            live.slots = slots[start: start + sentence.rows].tolist()
-            start += sentence.rows
+            live.slots = slots[row: row + sentence.rows].tolist()
+            live.entries = entries[entry: entry + count].tolist()
+            row, entry = row + sentence.rows, entry + count
             self._held[live.slots] = True
+            self._entry_held[live.entries] = True
             self.live.append(live)
+
+    def _query_grid(self, widest: int) -> tuple[np.ndarray, np.ndarray]:
+        """The step's query_grid (entries, width) and query_slots (rows, 2) (graph_io): beam i of
+        a sentence sits at slot i % QUERY_GROUP of its entry i // QUERY_GROUP; free rows and
+        slots point anywhere valid (row 0, entry 0), their results unread. Kept until the
+        sentences in flight change."""
+        width = query_width(widest)
+        if self._grid is None or self._grid[0].shape[1] != width:
+            grid = np.zeros((len(self._entry_held), width), np.int64)
+            slots = np.zeros((len(self._held), 2), np.int64)
+            for live in self.live:
+                beams = np.arange(live.rows)
+                entries = np.asarray(live.entries)[beams // QUERY_GROUP]
+                slots[live.slots] = np.stack([entries, beams % QUERY_GROUP], axis=1)
+                grid[entries, beams % QUERY_GROUP] = live.slots
+            self._grid = grid, slots
+        return self._grid
 
     def _beam_candidates(self, top_log_probs: np.ndarray,
                          top_ids: np.ndarray) -> dict[int, tuple[list[float], list[int]]]:
@@ -336,6 +376,24 @@ class Engine:
             for live, s, f in zip(group, scores.tolist(), flat.tolist()):
                 out[id(live)] = (s, f)
         return out
+
+
+def _sparse(held: np.ndarray, wanted: int) -> bool:
+    """Whether more than a quarter of the slots would stay free with `wanted` more held: then
+    only the held ones are kept."""
+    return len(held) - int(held.sum()) - wanted > len(held) // 4
+
+
+def _renumbering(held: np.ndarray, wanted: int, compact: bool) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """How slots (rows or entries) are rearranged for `wanted` more: `layout`, the old slots
+    kept, in their order (all, or only the held ones when compacting); `renumber`, each old
+    slot's new index; the slots the newcomers take, free ones first, then `added` new ones."""
+    layout = np.flatnonzero(held) if compact else np.arange(len(held))
+    renumber = np.full(len(held), -1, np.int64)
+    renumber[layout] = np.arange(len(layout))
+    free = [] if compact else renumber[~held].tolist()
+    added = max(0, wanted - len(free))
+    return layout, renumber, free + list(range(len(layout), len(layout) + added)), added
 
 
 def _width(tensor: np.ndarray | object) -> int:

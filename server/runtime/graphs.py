@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.config import ModelConfig
-from server.runtime.graph_io import MAX_CANDIDATES, cache_names
+from server.runtime.graph_io import MAX_CANDIDATES, cache_names, own_sources
 from server.runtime.repository import Manifest, load_manifest
 from server.runtime.sessions import CUDA, SessionConfig, create_session
 
@@ -333,25 +333,29 @@ class OnnxGraphs:
 
     def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
                 cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
-                candidates: int = MAX_CANDIDATES) -> dict[str, Tensor]:
+                candidates: int = MAX_CANDIDATES,
+                query: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Tensor]:
+        query_grid, query_slots = query if query is not None else own_sources(len(tokens))
         feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed,
-                 "candidates": np.zeros(candidates, np.int64)}
+                 "candidates": np.zeros(candidates, np.int64), "query_grid": query_grid, "query_slots": query_slots}
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
         feeds.update(zip(self._cache_names, [*cache_keys, *cache_values]))
         return feeds
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
              cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
-             candidates: int = MAX_CANDIDATES) -> StepOutput:
+             candidates: int = MAX_CANDIDATES, query: tuple[np.ndarray, np.ndarray] | None = None) -> StepOutput:
         """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the first
-        columns of the (B, H, C, Dh) cache, which the step reads and does not change.
+        columns of the (B, H, C, Dh) cache, which the step reads and does not change. The
+        cross-attention caches hold one entry per source (G, H, S, Dh); `query` = (query_grid,
+        query_slots) says which rows read which entry (graph_io); None: row b reads entry b.
 
         The graph applies the decoding rules (no PAD or BOS; EOS only where `eos_allowed`) and
         returns each row's best `candidates` tokens (graph_io.candidates_for) and this
         position's keys and values; the full logits are not fetched.
         """
         feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, cache_keys,
-                             cache_values, candidates=candidates)
+                             cache_values, candidates=candidates, query=query)
         top_log_probs, top_ids, *new = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"], self._new_names)
         layers = self.config.decoder_layers
         return StepOutput(top_log_probs.astype(np.float32, copy=False), top_ids, new[:layers], new[layers:])

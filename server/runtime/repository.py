@@ -25,12 +25,14 @@ from server.runtime.confidence import Calibration
 from server.runtime.parity_report import ParityReport
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 4  # 4: the decoder step's top-k width is an input (export/graphs.py)
+MANIFEST_FORMAT = 5  # 5: one cross-attention entry per source, read by its beams' query grid (graph_io)
 # Older formats' decoder graphs, and why the runtime cannot run them.
 _OUTDATED_FORMATS = {1: "its decoder graph predates per-row positions, which step-level batching needs",
                      2: "its decoder graph returns a grown copy of the cache; the runtime keeps one in place",
                      3: "its decoder graph returns a fixed number of best tokens; the runtime asks for as many as "
-                        "its widest beam needs"}
+                        "its widest beam needs",
+                     4: "its decoder graph reads one cross-attention cache entry per row; the runtime keeps one per "
+                        "source, shared by its beams"}
 
 
 class ModelVersionError(Exception):

@@ -22,6 +22,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import onnx
+
 from export.calibration import fit_calibration
 from export.onnx_export import GRAPH_OPTIMIZATIONS, export_graphs
 from export.parity import verify

@@ -113,12 +113,9 @@ def quantize_matmuls(graph: onnx.GraphProto) -> int:
                                   numpy_helper.from_array(column_scales.astype(np.float32), prefix + "w_scale")])
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         product = prefix + "y" if bias else node.output[0]
-        nonnegative = producers.get(node.input[0]) == "Relu"
-        zero_point = None if nonnegative else zero_points.get(rows.get(node.input[0], prefix))
-        nodes += _row_quantized_matmul(node.input[0], product, prefix, w.shape[0], nonnegative=nonnegative,
-                                       zero_point=zero_point)
-        if not nonnegative and zero_point is None:
-            zero_points[rows.get(node.input[0], prefix)] = prefix + "x_zero_point"
+        nodes += _row_quantized_matmul(node.input[0], product, prefix, w.shape[0],
+                                       nonnegative=producers.get(node.input[0]) == "Relu",
+                                       zero_points=zero_points, row_shape=rows.get(node.input[0], prefix))
         if bias:
             nodes.append(onnx.helper.make_node("Add", [product, bias], [node.output[0]]))
         quantized.add(weight.name)
@@ -170,16 +167,16 @@ _ROW_CONSTANTS = {
 }
 
 
-def _row_quantized_matmul(x: str, y: str, prefix: str, k: int, *, nonnegative: bool,
-                          zero_point: str | None) -> list[onnx.NodeProto]:
+def _row_quantized_matmul(x: str, y: str, prefix: str, k: int, *, nonnegative: bool, zero_points: dict[object, str],
+                          row_shape: object) -> list[onnx.NodeProto]:
     """Nodes computing y = x @ W from the int8 weight `prefix`w (k rows) and its column scales
     `prefix`w_scale, x quantised row by row (quantize_matmuls).
 
     Each row's scale depends on that row alone, so a sentence's result does not depend on its
     batch mates (one scale per call, as ONNX Runtime's dynamic quantization takes, made it so).
     A row is quantised by one QuantizeLinear with a block as long as the row; its zero point
-    (128 where x may be negative) is a tensor of the scales' shape: `zero_point`, one made by an
-    earlier matmul on rows of the same shape, or, if None, made here as `prefix`x_zero_point."""
+    (128 where x may be negative) is a tensor of the scales' shape, made by the first matmul on
+    rows of `row_shape` and recorded in `zero_points` for the others."""
     n, p = onnx.helper.make_node, prefix
     kind = "nonnegative" if nonnegative else "signed"
     magnitude = [] if nonnegative else [n("Abs", [x], [p + "abs"])]
@@ -187,8 +184,9 @@ def _row_quantized_matmul(x: str, y: str, prefix: str, k: int, *, nonnegative: b
                  n("Max", [p + "max", "int8.tiny"], [p + "max_nonzero"]),
                  n("Mul", [p + "max_nonzero", f"int8.{kind}_step"], [p + "x_scale"])]
     offsets: list[onnx.NodeProto] = []
+    zero_point = None if nonnegative else zero_points.get(row_shape)
     if not nonnegative and zero_point is None:
-        zero_point = p + "x_zero_point"
+        zero_point = zero_points[row_shape] = p + "x_zero_point"
         offsets = [n("Shape", [p + "x_scale"], [p + "scale_shape"]),
                    n("ConstantOfShape", [p + "scale_shape"], [zero_point],
                      value=numpy_helper.from_array(np.array([128], np.uint8)))]

@@ -18,15 +18,15 @@ from torch import nn
 class QueryGrid(NamedTuple):
     """Where a step's rows sit among the sources' query groups (CrossAttention with a grid).
 
-    queries: (G * H * GROUP,) for each source, head and group slot, the (row * H + head) to take;
-    rows: (B * H,) for each row and head, its (source * H + head) * GROUP + slot in the grid."""
+    queries: (G * H * W,) for each source, head and query slot, the (row * H + head) to take;
+    rows: (B * H,) for each row and head, its (source * H + head) * W + slot in the grid."""
 
     queries: torch.Tensor
     rows: torch.Tensor
 
     @classmethod
     def of(cls, query_grid: torch.Tensor, query_slots: torch.Tensor, heads: int) -> QueryGrid:
-        """query_grid: (G, GROUP) the row in each source's slots (any row where a slot is empty);
+        """query_grid: (G, W) the row in each source's W slots (any row where a slot is empty);
         query_slots: (B, 2) each row's source and slot."""
         group = query_grid.shape[1]
         h = torch.arange(heads, device=query_grid.device)
@@ -147,7 +147,7 @@ class CrossAttention(nn.Module):
         """x: (B, T, D), or a step's (B, D); k, v: (B, H, S, Dh); mask: (B, 1, 1, S) -> x's shape.
 
         With a `grid` (a step's (B, D) rows only), k, v and mask hold one entry per source, (G, ...),
-        and the rows' queries are gathered into (G, H, GROUP, Dh): each source's keys and values
+        and the rows' queries are gathered into (G, H, W, Dh): each source's keys and values
         are read once for all its beams, not once per beam."""
         if grid is not None:
             b, d = x.shape

@@ -258,9 +258,9 @@ class Transformer(nn.Module):
         per layer (B, H, C, Dh) with C >= max(positions), row b's tokens in its first
         positions[b] columns (the others are ignored). cross_k/v: per layer (G, H, S, Dh), one
         entry per source, and src_mask (G, S): a sentence's beams share their source's entry,
-        read once for all of them. query_grid (G, GROUP): the row in each of a source's GROUP
-        query slots (any row where a slot is unused); query_slots (B,): each row's source *
-        GROUP + slot. Returns hidden states (B, D) and this step's keys and values, per layer
+        read once for all of them. query_grid (G, W): the row in each of a source's W query
+        slots (any row where a slot is unused); query_slots (B, 2): each row's source and slot
+        (server/runtime/graph_io.py). Returns hidden states (B, D) and this step's keys and values, per layer
         (B, H, 1, Dh), for the caller to write at column positions[b]: the cache itself is
         only read, so a caller keeps it in place.
         """

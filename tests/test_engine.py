@@ -191,6 +191,22 @@ def test_the_default_model_under_continuous_admission_of_200_sentences_translate
     assert differing == []
 
 
+def test_a_greedy_sentence_gets_the_same_bits_beside_a_beam_sentence_as_alone(tiny):
+    """A step's query grid is at least two slots wide (graph_io.query_width): ONNX Runtime's
+    one-row matmul sums in another order than its wider ones, so a greedy sentence decoded alone
+    (one row per source) and beside a 4-beam sentence (four slots per source) would otherwise
+    differ in the last bits of its scores."""
+    ids = tiny.encode(["The old red house.", "The cat is on the table."])
+    greedy, beam = DecodeOptions(min_length=8, max_length=8), DecodeOptions(beam_size=4, min_length=8, max_length=8)
+    engine, collected = Engine(tiny.graphs, max_rows=8), Collected()
+    engine.step([collected.sentence(0, ids[0], greedy), collected.sentence(1, ids[1], beam)])
+    while engine.live:
+        engine.step()
+    by_itself = alone(tiny.graphs, ids[0], greedy)
+    assert [h.tokens for h in collected.results[0]] == [h.tokens for h in by_itself]
+    assert [h.score for h in collected.results[0]] == [h.score for h in by_itself]  # bit for bit
+
+
 def test_a_cache_resize_holds_one_tensor_twice_never_the_whole_cache_twice(tiny):
     """A wider cache is made tensor by tensor, each copy replacing its original in the engine's
     list at once: at its peak a resize holds the new cache plus one old tensor, not the old and

@@ -32,7 +32,8 @@ MAX_BATCH = 4096
 # What the graphs' design does for speed (recorded in every manifest; measured in docs/benchmarks.md).
 GRAPH_OPTIMIZATIONS = [
     "decoder step applies the decoding rules and returns the top-32 tokens (no logits copied out per step)",
-    "attention written out as (Q/sqrt(d)) K^T so ONNX Runtime folds the transpose into MatMul",
+    "attention written out as Q K^T so ONNX Runtime folds the transpose into MatMul",
+    "queries scaled by 1/sqrt(d) before their heads are split, so no score MatMul runs with an alpha",
     "one key/value cache tensor per layer (no whole-cache split and stack per step)",
     "per-row positions and EOS rule: rows at different steps share a decoder step (step-level batching)",
     "the cache is read, never copied: a step returns only its new keys and values, written in place by the runtime",

@@ -3,6 +3,12 @@
 PyTorch runs `F.scaled_dot_product_attention`, the fused kernel; a test shows it equals the
 written-out softmax(QK^T / sqrt(d)) V. Masks are boolean and broadcastable to
 (batch, heads, queries, keys); True means "may attend".
+
+Queries are scaled by 1 / sqrt(Dh) as they leave their projection, before their heads are split.
+In an exported graph the scale then sits a Reshape away from the score MatMul, and ONNX Runtime
+cannot fold it into that MatMul as its alpha: its kernel with alpha != 1 took 0.8 ms more of a
+10 ms decoder step at 64 rows (docs/benchmarks.md). With Dh a power of 4 the scale is a power of
+2, so scaling before or after the product gives the same bits.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ class QueryGrid(NamedTuple):
         return cls(queries, rows.reshape(-1))
 
 
+def scaled_queries(q: torch.Tensor, heads: int) -> torch.Tensor:
+    """Queries (..., D) times 1 / sqrt(D / heads), the attention's scale (module docstring)."""
+    return q * (1.0 / math.sqrt(q.shape[-1] // heads))
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, T, D) -> (B, H, T, D/H); a decoding step's (B, D), one position per row, -> (B, H, 1, D/H).
 
@@ -56,16 +67,17 @@ def merge_heads(x: torch.Tensor, *, step: bool = False) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(Dh)) V over (B, H, T, Dh) queries and (B, H, P, Dh) keys and values.
+    """softmax(Q K^T) V over (B, H, T, Dh) queries, already scaled (`scaled_queries`), and
+    (B, H, P, Dh) keys and values.
 
     When exporting to ONNX the formula is written out: the exporter decomposes the fused kernel
     into nodes that transpose and scale the whole key cache at every decoding step, while
-    (Q / sqrt(Dh)) @ K^T lets ONNX Runtime fold the transpose into its MatMul (measured: 10%
-    faster decoding, docs/benchmarks.md).
+    Q @ K^T lets ONNX Runtime fold the transpose into its MatMul (measured: 10% faster
+    decoding, docs/benchmarks.md).
     """
     if not torch.onnx.is_in_onnx_export():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
+    scores = q @ k.transpose(-2, -1)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
@@ -94,7 +106,7 @@ class SelfAttention(nn.Module):
         which are the cache for the next step.
         """
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
+        q, k, v = (split_heads(t, self.heads) for t in (scaled_queries(q, self.heads), k, v))
         if past_k is not None:
             k = torch.cat([past_k, k], dim=2)
             v = torch.cat([past_v, v], dim=2)
@@ -113,8 +125,7 @@ class SelfAttention(nn.Module):
         the whole cache per layer and step (measured: 18% of a decoder step, docs/benchmarks.md).
         """
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        q = q * (1.0 / math.sqrt(q.shape[-1]))
+        q, k, v = (split_heads(t, self.heads) for t in (scaled_queries(q, self.heads), k, v))
         scores = torch.cat([(q @ cache_k.transpose(-2, -1)).masked_fill(~cached, float("-inf")),
                             (q * k).sum(dim=-1, keepdim=True)], dim=-1)  # (B, H, 1, C + 1)
         p = torch.softmax(scores, dim=-1)
@@ -151,9 +162,10 @@ class CrossAttention(nn.Module):
         are read once for all its beams, not once per beam."""
         if grid is not None:
             b, d = x.shape
-            q = self.q(x).reshape(b * self.heads, d // self.heads).index_select(0, grid.queries)
+            q = scaled_queries(self.q(x), self.heads).reshape(b * self.heads, d // self.heads)
+            q = q.index_select(0, grid.queries)
             y = attend(q.reshape(k.shape[0], self.heads, -1, d // self.heads), k, v, mask, 0.0)
             return self.out(y.reshape(-1, d // self.heads).index_select(0, grid.rows).reshape(b, d))
-        q = split_heads(self.q(x), self.heads)
+        q = split_heads(scaled_queries(self.q(x), self.heads), self.heads)
         y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.out(merge_heads(y, step=x.dim() == 2))

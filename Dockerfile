@@ -100,7 +100,7 @@ ENV PATH=/opt/rosetta/bin:$PATH \
     LD_PRELOAD=/usr/local/lib/libtcmalloc_minimal.so.4
 WORKDIR /app
 # The default model repository: its version is what fine-tuning starts from (--init-from
-# models/en-es/10), and a volume first created by an export is seeded like the server's; runs/
+# models/en-es/11), and a volume first created by an export is seeded like the server's; runs/
 # exists so its volume belongs to the user.
 COPY --chown=rosetta:rosetta models models
 RUN install -d -o rosetta -g rosetta runs data

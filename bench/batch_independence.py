@@ -1,6 +1,6 @@
 """Does a sentence translate the same alone and inside a batch? (docs/export.md)
 
-    .venv/bin/python bench/batch_independence.py models/en-es/10 [more version dirs]
+    .venv/bin/python bench/batch_independence.py models/en-es/11 [more version dirs]
 
 Takes every 30th source of the test split (64 sentences), sorts them by length and decodes
 them greedily all together as one batch (one stream), then each alone, and counts the

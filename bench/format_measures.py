@@ -1,6 +1,6 @@
 """The format issue's measures for a model version, through the runtime's text path.
 
-    python bench/format_measures.py [--model models/en-es/10] [--beam 4] [--limit N]
+    python bench/format_measures.py [--model models/en-es/11] [--beam 4] [--limit N]
 
 Prints one table (markdown) and a JSON line:
 - placeholders: the share of development UI strings (data/en-es/test.ui.tsv, held out of

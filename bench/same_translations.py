@@ -1,6 +1,6 @@
 """Do two model versions translate the test split token for token the same? (docs/export.md)
 
-    .venv/bin/python bench/same_translations.py OLD_VERSION_DIR models/en-es/10
+    .venv/bin/python bench/same_translations.py OLD_VERSION_DIR models/en-es/11
 
 For a re-export that must not change the model (a new storage layout, a new exporter or
 runtime): decodes every test source through the runtime with each version, greedy and beam 4,

@@ -169,7 +169,7 @@ FORMAT = [
 GRPCURL = [c for c in commands() if c.startswith("grpcurl")]
 RETRAIN = [c for c in commands() if c.startswith(("make data", ".venv/bin/rosetta-train", ".venv/bin/rosetta-export"))
            and c not in NOT_RUN]
-EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/10 --test data/en-es/test.tsv --beam 4"]
+EVALUATE = [".venv/bin/rosetta-evaluate --model models/en-es/11 --test data/en-es/test.tsv --beam 4"]
 
 
 def spanish(text: str) -> bool:

@@ -3,7 +3,7 @@
 Everything that reads a model repository goes through this API: the gRPC service (server/),
 the exporter's parity gate and probes (export/), `rosetta-evaluate` and the benchmarks.
 
-    translator = Translator("models/en-es/10")
+    translator = Translator("models/en-es/11")
     translator.translate(["Open the file."], beam_size=4)
     translator.translate_ids(ids, DecodeOptions(beam_size=4), max_batch=32)
     translator.translate_texts(["Click <b>Save</b>."], text_options=TextOptions(format=Format.HTML))

@@ -1,6 +1,6 @@
 """Text in, text out: a model version's tokenizer and graphs behind one call.
 
-    translator = Translator("models/en-es/10")
+    translator = Translator("models/en-es/11")
     translator.translate(["Hello world."], beam_size=4)
 
 Resources (sessions, tokenizer) are loaded once, in the constructor; decoding options are

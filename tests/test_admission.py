@@ -11,7 +11,7 @@ import time
 import pytest
 
 from model.search import DecodeOptions, Hypothesis
-from server.admission import (SECONDS_PER_TOKEN, Admission, DeadlineExpiredError, QueueFullError,
+from server.admission import (MAX_DELAY, SECONDS_PER_TOKEN, Admission, DeadlineExpiredError, QueueFullError,
                               RequestTooLargeError)
 from server.runtime import Sentence
 
@@ -79,10 +79,10 @@ def test_a_short_sentence_is_admitted_before_long_ones_sent_just_before_it_but_n
         engines = Engines(hold=True)
         admit = admission(engines)
         options = DecodeOptions(beam_size=4)
-        calls = [asyncio.ensure_future(admit.translate(VERSION, [[5] * 40 + [3]], options))]
+        calls = [asyncio.ensure_future(admit.translate(VERSION, [[5] * 20 + [3]], options))]
         await asyncio.sleep(0.01)
         calls.append(asyncio.ensure_future(admit.translate(VERSION, [[6] * 4 + [3]], options)))
-        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[7] * 40 + [3]], options)))
+        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[7] * 20 + [3]], options)))
         await asyncio.sleep(0.01)
         engines.released.set()
         await asyncio.gather(*calls)
@@ -90,8 +90,32 @@ def test_a_short_sentence_is_admitted_before_long_ones_sent_just_before_it_but_n
 
     old_long, short, new_long = run(scenario())
     assert short.priority < old_long.priority < new_long.priority
-    # short and new_long were sent together: 36 more source tokens at beam 4 put new_long behind.
-    assert new_long.priority - short.priority == pytest.approx(SECONDS_PER_TOKEN * 36 * 4, abs=0.01)
+    # short and new_long were sent together: 16 more source tokens at beam 4 put new_long behind.
+    assert SECONDS_PER_TOKEN * 21 * 4 < MAX_DELAY
+    assert new_long.priority - short.priority == pytest.approx(SECONDS_PER_TOKEN * 16 * 4, abs=0.01)
+
+
+def test_a_long_sentence_is_passed_only_by_requests_that_arrive_within_max_delay_of_it():
+    """The work-proportional delay stops at MAX_DELAY: 200 tokens at beam 4 would be 8 s."""
+    async def scenario():
+        engines = Engines(hold=True)
+        admit = admission(engines)
+        options = DecodeOptions(beam_size=4)
+        calls = [asyncio.ensure_future(admit.translate(VERSION, [[5] * 200 + [3]], options))]
+        await asyncio.sleep(0.01)
+        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[6] * 4 + [3]], options)))
+        await asyncio.sleep(0.01)
+        engines.released.set()
+        await asyncio.gather(*calls)
+        return engines.submitted
+
+    very_long, short = run(scenario())
+    assert SECONDS_PER_TOKEN * 201 * 4 > MAX_DELAY
+    # The short one, sent 0.01 s later with a delay of 5 x 4 x SECONDS_PER_TOKEN, still goes first...
+    assert short.priority < very_long.priority
+    # ...but the long one's delay is MAX_DELAY, not 8 s: anything sent over MAX_DELAY after it waits.
+    expected = MAX_DELAY - 0.01 - SECONDS_PER_TOKEN * 5 * 4
+    assert very_long.priority - short.priority == pytest.approx(expected, abs=0.01)
 
 
 def test_a_request_whose_deadline_has_passed_is_refused_without_decoding():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from server.runtime import OnnxGraphs, SessionConfig
+from server.runtime.graph_io import QUERY_GROUP, candidates_for, own_sources, query_width
 
 DEFAULT_CASES = ["1x1:16:25", "32x1:16:25", "32x4:32:25", "16x4:48:48", "16x4:96:96"]
 
@@ -28,19 +29,18 @@ def parse_case(text: str) -> tuple[int, int, int, int]:
     """'SOURCESxBEAMS:CACHED:SOURCE_LENGTH' -> (sources, beams, cached, source_length)."""
     shape, cached, source_length = text.split(":")
     sources, beams = shape.split("x")
+    if not 1 <= int(beams) <= QUERY_GROUP:
+        raise ValueError(f"{text}: beams must be 1 to {QUERY_GROUP} (one cross-attention entry per source)")
     return int(sources), int(beams), int(cached), int(source_length)
 
 
-def best_of(call, repeats: int, rounds: int) -> list[float]:
-    """Seconds per call, one figure per round (after two warm-up calls)."""
+def seconds_per_call(call, repeats: int) -> float:
+    """`call`'s mean time over `repeats` calls, after two warm-up calls."""
     call(), call()
-    figures = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        figures.append((time.perf_counter() - started) / repeats)
-    return figures
+    started = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    return (time.perf_counter() - started) / repeats
 
 
 def step_call(graphs: OnnxGraphs, case: tuple[int, int, int, int], rng: np.random.Generator):
@@ -52,14 +52,19 @@ def step_call(graphs: OnnxGraphs, case: tuple[int, int, int, int], rng: np.rando
     cross_keys, cross_values = graphs.encode(source)
     cache = [[rng.random((rows, c.heads, cached, c.head_dim), dtype=np.float32) for _ in range(c.decoder_layers)]
              for _ in range(2)]
-    grid = np.arange(rows).reshape(sources, beams)
+    # As the engine lays them out: a sentence's beams side by side in its source's entry, the grid
+    # at least query_width wide (greedy rows each read their own source).
+    grid = np.zeros((sources, query_width(beams)), np.int64)
+    grid[:, :beams] = np.arange(rows).reshape(sources, beams)
     slots = np.stack([np.arange(rows) // beams, np.arange(rows) % beams], axis=1)
+    query = own_sources(rows) if beams == 1 else (grid, slots)
     tokens, positions = np.full((rows, 1), 5, np.int64), np.full(rows, cached // 2, np.int64)
     return lambda: graphs.step(tokens, positions, np.ones(rows, bool), cross_keys, cross_values,
-                               source != c.pad_id, *cache, candidates=2 * beams, query=(grid, slots))
+                               source != c.pad_id, *cache, candidates=candidates_for(beams), query=query)
 
 
 def encode_call(graphs: OnnxGraphs, sources: int, source_length: int, rng: np.random.Generator):
+    """An encoder call of `graphs` on random sources, as a call without arguments."""
     source = rng.integers(4, graphs.config.vocab_size, (sources, source_length))
     source[:, -1] = graphs.config.eos_id
     return lambda: graphs.encode(source)
@@ -69,27 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("versions", type=Path, nargs="+", help="model version directories; the first is the baseline")
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="SOURCESxBEAMS:CACHED:SOURCE_LENGTH")
-    parser.add_argument("--encode", nargs="+", default=["1x25", "32x25"], help="SOURCESxSOURCE_LENGTH")
+    parser.add_argument("--encode", nargs="*", default=["1x25", "32x25"], help="SOURCESxSOURCE_LENGTH (none: no encoder)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of the one stream")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args(argv)
 
     config = SessionConfig(device="cpu", streams=1, intra_op_threads=args.threads)
     graphs = [OnnxGraphs(v, config) for v in args.versions]
+    try:
+        steps = [(f"step {text}", parse_case(text)) for text in args.cases]
+    except ValueError as e:
+        parser.error(str(e))
+    encodes = [(f"encode {text}", tuple(map(int, text.split("x")))) for text in args.encode]
     print("| case | " + " | ".join(str(v) for v in args.versions) + " |")
     print("|---" * (len(graphs) + 1) + "|")
-    cases = [(f"step {text}", parse_case(text)) for text in args.cases]
-    cases += [(f"encode {text}", tuple(map(int, text.split("x")))) for text in args.encode]
-    for label, case in cases:
-        calls = []
-        for g in graphs:
-            rng = np.random.default_rng(0)  # the same inputs for every version
-            calls.append(step_call(g, case, rng) if label.startswith("step") else encode_call(g, *case, rng))
+    for label, case in steps + encodes:
+        # the same inputs for every version
+        calls = [step_call(g, case, np.random.default_rng(0)) if label.startswith("step")
+                 else encode_call(g, *case, np.random.default_rng(0)) for g in graphs]
         repeats = 200 if case[0] * (case[1] if label.startswith("step") else 1) == 1 else 15
         figures: list[list[float]] = [[] for _ in graphs]
         for _ in range(args.rounds):  # the versions take turns, round by round
-            for i, call in enumerate(calls):
-                figures[i] += best_of(call, repeats, 1)
+            for figure, call in zip(figures, calls):
+                figure.append(seconds_per_call(call, repeats))
         best = [min(f) * 1e3 for f in figures]
         cells = [f"{best[0]:.3f} ms"] + [f"{b:.3f} ms ({b / best[0]:.2f}x)" for b in best[1:]]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

@@ -73,22 +73,26 @@ def test_every_request_gets_its_own_answers_in_order_and_its_stats():
     assert sorted(s.generated_tokens for s in stats) == [5] * 5 and {s.sentences for s in stats} == {2}
 
 
-def test_a_short_sentence_is_admitted_before_long_ones_sent_just_before_it_but_not_before_old_ones():
-    """Priority: arrival time plus SECONDS_PER_TOKEN per source token and beam."""
+def submitted_in_turns(*turns: list[list[int]]) -> list[Sentence]:
+    """The sentences as the scheduler got them: each turn's one-sentence requests sent together
+    at beam 4, turns 0.01 s apart, none answered before the last turn is in."""
     async def scenario():
         engines = Engines(hold=True)
-        admit = admission(engines)
-        options = DecodeOptions(beam_size=4)
-        calls = [asyncio.ensure_future(admit.translate(VERSION, [[5] * 20 + [3]], options))]
-        await asyncio.sleep(0.01)
-        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[6] * 4 + [3]], options)))
-        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[7] * 20 + [3]], options)))
-        await asyncio.sleep(0.01)
+        admit, calls = admission(engines), []
+        for turn in turns:
+            calls += [asyncio.ensure_future(admit.translate(VERSION, [ids], DecodeOptions(beam_size=4)))
+                      for ids in turn]
+            await asyncio.sleep(0.01)
         engines.released.set()
         await asyncio.gather(*calls)
         return engines.submitted
 
-    old_long, short, new_long = run(scenario())
+    return run(scenario())
+
+
+def test_a_short_sentence_is_admitted_before_long_ones_sent_just_before_it_but_not_before_old_ones():
+    """Priority: arrival time plus SECONDS_PER_TOKEN per source token and beam."""
+    old_long, short, new_long = submitted_in_turns([[5] * 20 + [3]], [[6] * 4 + [3], [7] * 20 + [3]])
     assert short.priority < old_long.priority < new_long.priority
     # short and new_long were sent together: 16 more source tokens at beam 4 put new_long behind.
     assert SECONDS_PER_TOKEN * 21 * 4 < MAX_DELAY
@@ -97,19 +101,7 @@ def test_a_short_sentence_is_admitted_before_long_ones_sent_just_before_it_but_n
 
 def test_a_long_sentence_is_passed_only_by_requests_that_arrive_within_max_delay_of_it():
     """The work-proportional delay stops at MAX_DELAY: 200 tokens at beam 4 would be 8 s."""
-    async def scenario():
-        engines = Engines(hold=True)
-        admit = admission(engines)
-        options = DecodeOptions(beam_size=4)
-        calls = [asyncio.ensure_future(admit.translate(VERSION, [[5] * 200 + [3]], options))]
-        await asyncio.sleep(0.01)
-        calls.append(asyncio.ensure_future(admit.translate(VERSION, [[6] * 4 + [3]], options)))
-        await asyncio.sleep(0.01)
-        engines.released.set()
-        await asyncio.gather(*calls)
-        return engines.submitted
-
-    very_long, short = run(scenario())
+    very_long, short = submitted_in_turns([[5] * 200 + [3]], [[6] * 4 + [3]])
     assert SECONDS_PER_TOKEN * 201 * 4 > MAX_DELAY
     # The short one, sent 0.01 s later with a delay of 5 x 4 x SECONDS_PER_TOKEN, still goes first...
     assert short.priority < very_long.priority

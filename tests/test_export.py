@@ -205,7 +205,8 @@ def test_attention_scores_are_unscaled_products_in_the_graphs_onnx_runtime_runs(
         ort.InferenceSession(str(tiny_version / f"{graph}.onnx"), options, providers=["CPUExecutionProvider"])
         nodes = onnx.load(str(tmp_path / f"{graph}.onnx"), load_external_data=False).graph.node
         fused[graph] = [n for n in nodes if n.op_type == "FusedMatMul"]
-        assert {onnx.helper.get_attribute_value(a) for n in fused[graph] for a in n.attribute if a.name == "alpha"} <= {1.0}
+        alphas = {onnx.helper.get_attribute_value(a) for n in fused[graph] for a in n.attribute if a.name == "alpha"}
+        assert alphas <= {1.0}
     assert fused["decoder"]
 
 

@@ -210,35 +210,56 @@ def test_attention_scores_are_unscaled_products_in_the_graphs_onnx_runtime_runs(
     assert fused["decoder"]
 
 
-@pytest.mark.parametrize("layout", ["gemm", "matmul+add"])
-def test_int8_keeps_a_linear_layers_bias(layout):
-    """x @ W^T + b, exported as a Gemm (a step's (B, D) rows) or as MatMul + Add (B, T, D), becomes
-    an integer matmul plus the same bias, within int8's rounding of the fp32 result, in a session
-    with every ONNX Runtime optimization on (its fusion of a bias into a per-row-scaled integer
-    matmul drops the bias: export/quantize.py)."""
-    rng = np.random.default_rng(0)
-    x, w, b = rng.standard_normal((5, 3, 16)), rng.standard_normal((24, 16)), rng.standard_normal(24) * 4
+def _int8_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, layout: str, *, rectified: bool = False) -> np.ndarray:
+    """relu?(x) @ W^T + b through a graph quantised by quantize_matmuls, exported as a Gemm (a step's
+    (B, D) rows) or as MatMul + Add (B, T, D), in a session with every optimization on."""
     f32 = onnx.TensorProto.FLOAT
+    first = [onnx.helper.make_node("Relu", ["x"], ["r"])] if rectified else []
+    rows = "r" if rectified else "x"
     if layout == "gemm":
-        x = x[:, 0]
-        nodes = [onnx.helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+        nodes = first + [onnx.helper.make_node("Gemm", [rows, "w", "b"], ["y"], transB=1)]
         weights = [numpy_helper.from_array(w.astype(np.float32), "w")]
     else:
-        nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["xw"]), onnx.helper.make_node("Add", ["xw", "b"], ["y"])]
+        nodes = first + [onnx.helper.make_node("MatMul", [rows, "w"], ["xw"]),
+                         onnx.helper.make_node("Add", ["xw", "b"], ["y"])]
         weights = [numpy_helper.from_array(w.T.astype(np.float32), "w")]
-    shape = [None] * x.ndim
-    graph = onnx.helper.make_graph(nodes, layout, [onnx.helper.make_tensor_value_info("x", f32, shape[:-1] + [16])],
-                                   [onnx.helper.make_tensor_value_info("y", f32, shape[:-1] + [24])],
+    shape = [None] * (x.ndim - 1)
+    graph = onnx.helper.make_graph(nodes, layout, [onnx.helper.make_tensor_value_info("x", f32, shape + [w.shape[1]])],
+                                   [onnx.helper.make_tensor_value_info("y", f32, shape + [w.shape[0]])],
                                    weights + [numpy_helper.from_array(b.astype(np.float32), "b")])
     assert quantize_matmuls(graph) == 1
     assert not [n for n in graph.node if n.op_type in ("Gemm", "MatMul")] and "w" not in {i.name for i in graph.initializer}
     model = onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", INT8_OPSET),
                                                                        onnx.helper.make_opsetid("com.microsoft", 1)])
-    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.astype(np.float32)})[0]
+
+
+@pytest.mark.parametrize("layout", ["gemm", "matmul+add"])
+def test_int8_keeps_a_linear_layers_bias(layout):
+    """x @ W^T + b becomes an integer matmul plus the same bias, within int8's rounding of the
+    fp32 result (ONNX Runtime's fusion of a bias into a per-row-scaled integer matmul drops the
+    bias: export/quantize.py)."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((5, 3, 16)), rng.standard_normal((24, 16)), rng.standard_normal(24) * 4
+    x = x[:, 0] if layout == "gemm" else x
+    y = _int8_linear(x, w, b, layout)
     # x and W each rounded to 1/254 of their largest magnitude: errors of about 1% of |x| |W| sqrt(K);
     # without the bias (|b| up to ~10) the error would be ten times that.
     assert np.abs(y - (x @ w.T + b)).max() <= 0.01 * np.abs(x).max() * np.abs(w).max() * 16 ** 0.5
+
+
+@pytest.mark.parametrize("rectified", [False, True])
+def test_int8_an_all_zero_row_gives_exactly_the_bias(rectified):
+    """A row of zeros has a row scale of 0 (no guard against it): its product is exactly 0, so its
+    output is the bias, and the other rows are untouched (a free slot's or a ReLU's zero row)."""
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((4, 16)), rng.standard_normal((24, 16)), rng.standard_normal(24)
+    x[[0, 2]] = 0 if not rectified else -np.abs(x[[0, 2]])  # zeros, or all negative before the ReLU
+    y = _int8_linear(x, w, b, "gemm", rectified=rectified)
+    assert np.array_equal(y[[0, 2]], np.stack([b.astype(np.float32)] * 2)) and np.isfinite(y).all()
+    alone = _int8_linear(x[[1, 3]], w, b, "gemm", rectified=rectified)
+    assert np.array_equal(y[[1, 3]], alone)
 
 
 def test_int8_rows_are_quantised_alone(tiny_checkpoint, tmp_path):

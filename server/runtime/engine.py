@@ -266,10 +266,12 @@ class Engine:
         return min(self.graphs.config.max_positions, -(-needed // self.CAPACITY_STEP) * self.CAPACITY_STEP)
 
     def _reorder_past(self) -> None:
-        """The beams' reordering: each row that continues another beam takes a copy of its row."""
+        """The beams' reordering: each row that continues another beam takes a copy of its
+        row's positions in use (as many as the continuing row now has)."""
         if self._origins is not None:
             moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
-            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved]) for cache in self._past)
+            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved], self._positions[moved])
+                               for cache in self._past)
             self._origins = None
 
     def _fit(self) -> None:

@@ -16,6 +16,7 @@ one only through the cache operations here, so both placements share that loop.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,32 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, start: int, stop: int, out:
             out[i, :, :kept] = source[row, :, start:stop]
 
 
+def copy_plan(targets: Sequence[int], sources: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Copies of row sources[i] onto row targets[i], all as of before any copy, ordered so that
+    no row is overwritten while a copy still has to read it.
+
+    Returns the rows to set aside first (one per cycle: two beams that swap) and the copies
+    (target, source) in order; a source -1 - k reads the k-th row set aside."""
+    pending = dict(zip(targets, sources))
+    unread = Counter(pending.values())  # copies still to read each row
+    kept: dict[int, int] = {}
+    ready = [target for target in pending if not unread[target]]
+    copies = []
+    while pending:
+        if not ready:  # each row left is still to be read: cycles only; set one row aside
+            row = next(iter(pending))
+            kept[row] = len(kept)
+            unread[row] = 0
+            ready.append(row)
+        target = ready.pop()
+        source = pending.pop(target)
+        copies.append((target, -1 - kept[source] if source in kept else source))
+        unread[source] -= 1
+        if source in pending and unread[source] == 0:
+            ready.append(source)
+    return list(kept), copies
+
+
 def cache_shape(tensor: Tensor) -> tuple[int, ...]:
     """A cache tensor's shape, host array or device value."""
     return tuple(tensor.shape) if isinstance(tensor, np.ndarray) else tuple(tensor.shape())
@@ -165,7 +192,6 @@ class OnnxGraphs:
         self._device = ("cuda", 0) if on_cuda else ("cpu", 0)
         self._cache_ops: dict[tuple[str, int], ort.InferenceSession] = {}  # built on first use
         self._cache_ops_lock = threading.Lock()
-        self._thread_scratch = threading.local()  # `move`'s row buffers, one per decoding thread
         # Decoding streams: engines decoding at the same time on these sessions, one thread each.
         self.streams = session_config.streams or (1 if on_cuda else session_config.cpu_streams())
         # The decode loops that `translate_ids` calls on these graphs share, by row limit, so that
@@ -261,27 +287,27 @@ class OnnxGraphs:
         feeds.update((f"u{i}", t) for i, t in enumerate(new))
         return self._run(self._cache_op("write", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
 
-    def move(self, cache: Cache, targets: np.ndarray, sources: np.ndarray) -> Cache:
+    def move(self, cache: Cache, targets: np.ndarray, sources: np.ndarray, columns: np.ndarray | None = None) -> Cache:
         """The cache with rows `targets` replaced by rows `sources` (beams continuing other
-        beams): only those rows are copied, host arrays in place."""
+        beams): only those rows are copied, host arrays in place. columns[i]: how many of
+        target i's first columns to copy (its positions in use: the step masks the others);
+        all of them when None."""
         if not len(targets):
             return cache
         if isinstance(cache[0], np.ndarray):
+            # Row by row, straight from source to target, in an order in which no row is
+            # overwritten before it is read: half the bytes of gathering every moved row into a
+            # buffer first, and a row's unused columns not at all (docs/benchmarks.md).
+            saved, copies = copy_plan(targets.tolist(), sources.tolist())
+            width = cache[0].shape[2]
+            used = dict(zip(targets.tolist(), [width] * len(targets) if columns is None else columns.tolist()))
             for t in cache:
-                # Gathered into a buffer first (a target may be another's source), one per thread and
-                # reused: a fresh array per tensor and step made the allocator churn through megabytes.
-                rows = self._scratch(t.dtype, len(sources) * t[0].size).reshape(len(sources), *t.shape[1:])
-                np.take(t, sources, axis=0, out=rows, mode="clip")  # "raise" would buffer `out`
-                t[targets] = rows
+                kept = np.take(t, saved, axis=0) if saved else t[:0]
+                for target, source in copies:
+                    n = used[target]
+                    t[target, :, :n] = kept[-1 - source, :, :n] if source < 0 else t[source, :, :n]
             return cache
         return self.write(cache, targets, self.select(cache, sources))
-
-    def _scratch(self, dtype: np.dtype, size: int) -> np.ndarray:
-        """This thread's scratch buffer, at least `size` elements of `dtype` (grown as needed)."""
-        buffer = getattr(self._thread_scratch, "buffer", None)
-        if buffer is None or buffer.dtype != dtype or buffer.size < size:
-            buffer = self._thread_scratch.buffer = np.empty(max(size, 2 * (0 if buffer is None else buffer.size)), dtype)
-        return buffer[:size]
 
     def append(self, cache: Cache, positions: np.ndarray, new: Cache) -> Cache:
         """The cache with each row's new position written at column positions[b], in place.

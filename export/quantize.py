@@ -180,7 +180,7 @@ def _row_quantized_matmul(x: str, y: str, prefix: str, k: int, *, nonnegative: b
     An all-zero row gets a scale of 0. Its quantised values are then meaningless, but the product
     multiplies them by that 0, so the row's product is exactly 0, as it should be (a test holds
     this). A guard against the 0 cost one node per matmul: 2% of the small model's int8 step at
-    one row, where the step is mostly per-node overhead."""
+    one row."""
     n, p = onnx.helper.make_node, prefix
     kind = "nonnegative" if nonnegative else "signed"
     magnitude = [] if nonnegative else [n("Abs", [x], [p + "abs"])]

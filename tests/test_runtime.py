@@ -15,7 +15,6 @@ from model.translate import translate_hypotheses
 from server.runtime import DeviceUnavailableError, OnnxGraphs, SessionConfig, Translator, pad_ids, translate_ids
 from server.runtime import sessions
 from server.runtime.graph_io import MAX_CANDIDATES, candidates_for
-from server.runtime.graphs import copy_plan
 from tests.builders import tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,8 +224,8 @@ def test_a_device_cache_stays_in_onnx_runtime_values_on_the_device(tiny_version,
 
 
 def test_beams_continuing_other_beams_take_copies_of_their_rows_as_they_were(tiny_version):
-    """Host caches: each moved row gets its source's first `columns` positions as they were before
-    any row moved (chains, swaps and longer cycles of beams included); nothing else changes."""
+    """Host caches: each moved row gets its source's columns [start, stop) as they were before any
+    row moved (chains, swaps and longer cycles of beams included); nothing else changes."""
     graphs = OnnxGraphs(tiny_version, SessionConfig(device="cpu"))
     rng = np.random.default_rng(0)
     cases = [([0, 1], [1, 0]), ([0, 1, 2], [1, 2, 0]), ([3, 2, 1], [2, 1, 0]), ([1, 2, 3], [0, 0, 0])]
@@ -235,19 +234,19 @@ def test_beams_continuing_other_beams_take_copies_of_their_rows_as_they_were(tin
         targets = rng.choice(rows, int(rng.integers(1, rows + 1)), replace=False)
         sources = rng.integers(0, rows, len(targets))
         cases.append((targets[sources != targets].tolist(), sources[sources != targets].tolist()))
-    cycles = 0
     for targets, sources in cases:
         cache = [rng.random((9, 2, 6, 3)).astype(np.float32) for _ in range(2)]
         before = [t.copy() for t in cache]
-        columns = rng.integers(1, 7, len(targets))
-        cycles += bool(copy_plan(targets, sources)[0])
+        stops = rng.integers(0, 7, len(targets))
+        columns = np.stack([rng.integers(0, stops + 1), stops], axis=1)
         moved = graphs.move(cache, np.array(targets, np.int64), np.array(sources, np.int64), columns)
-        for after, old in zip(moved, before):
-            expected = old.copy()
-            for target, source, n in zip(targets, sources, columns):
-                expected[target, :, :n] = old[source, :, :n]
-            assert np.array_equal(after, expected)
-    assert cycles >= 3  # the rows set aside for cycles were exercised
+        whole = graphs.move([t.copy() for t in before], np.array(targets, np.int64), np.array(sources, np.int64))
+        for after, all_columns, old in zip(moved, whole, before):
+            expected, expected_whole = old.copy(), old.copy()
+            for target, source, (start, stop) in zip(targets, sources, columns):
+                expected[target, :, start:stop] = old[source, :, start:stop]
+                expected_whole[target] = old[source]
+            assert np.array_equal(after, expected) and np.array_equal(all_columns, expected_whole)
 
 
 def test_cuda_unavailable_falls_back_with_one_clear_line(tiny_version, caplog, monkeypatch):

@@ -112,10 +112,10 @@ class Engine:
     (graph_io), written once, when it joins, and never moved: a step reads each source's entry
     once for all its beams. The self-attention cache has room for `CAPACITY_STEP` more
     positions at a time: a step reads it and its new keys and values are written into it in
-    place, and a beam that continues another copies only that row. A finished sentence leaves
-    its slots and entries free for the next one to join (what they hold is masked out by
-    position, never read); free slots and entries are dropped when they are more than a
-    quarter of all.
+    place, and a beam that continues another copies only the positions where its row and the
+    other's differ. A finished sentence leaves its slots and entries free for the next one to
+    join (what they hold is masked out by position, never read); free slots and entries are
+    dropped when they are more than a quarter of all.
     """
 
     # Room is made for this many positions at once: each growth copies the cache, each spare
@@ -139,6 +139,7 @@ class Engine:
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # the step's query_grid, query_slots
         self._past: tuple[Cache, Cache] = ([], [])
         self._origins: np.ndarray | None = None  # after a step: the slot each slot continues (beams)
+        self._shared = np.zeros(0, np.int64)  # with _origins: the first column a slot's row and its origin's differ
 
     @property
     def rows(self) -> int:
@@ -176,6 +177,7 @@ class Engine:
         candidates = self._beam_candidates(top_log_probs, top_ids)
         best_ids, best_log_probs = top_ids[:, 0].tolist(), top_log_probs[:, 0].tolist()
         origins = np.arange(len(self._held))
+        shared = np.zeros(len(self._held), np.int64)
         tokens = self._tokens[:, 0].copy()
         going_on: list[_Live] = []
         for live in self.live:
@@ -189,10 +191,15 @@ class Engine:
                 done = None if going else live.result()
             else:
                 scores, flat = candidates[id(live)]
+                histories = live.beams.histories
                 beams = live.beams.advance(scores, flat, c.vocab_size, live.step, live.limit, live.sentence.options,
                                            c.eos_id)
                 if beams is not None:
                     origins[live.slots] = [live.slots[origin] for origin, _, _ in beams]
+                    # A row's cached column i is the same for every beam whose first i tokens are
+                    # the same (column 0: the start token): only the columns after those move.
+                    shared[live.slots] = [1 + _shared_prefix(histories[origin], histories[j])
+                                          for j, (origin, _, _) in enumerate(beams)]
                     tokens[live.slots] = [token for _, token, _ in beams]
                     live.beam_scores = [score for _, _, score in beams]
                 done = None if beams is not None else live.result()
@@ -204,6 +211,7 @@ class Engine:
                 self._entry_held[live.entries] = False
                 self._grid = None
         self._origins = None if np.array_equal(origins, np.arange(len(origins))) else origins
+        self._shared = shared
         self._positions = np.where(self._held, self._positions[origins] + 1, 0)  # free slots: nothing cached
         self._tokens = tokens.reshape(-1, 1)
         self.live = going_on
@@ -266,12 +274,12 @@ class Engine:
         return min(self.graphs.config.max_positions, -(-needed // self.CAPACITY_STEP) * self.CAPACITY_STEP)
 
     def _reorder_past(self) -> None:
-        """The beams' reordering: each row that continues another beam takes a copy of its
-        row's positions in use (as many as the continuing row now has)."""
+        """The beams' reordering: each row that continues another beam takes a copy of the
+        positions in use where their two rows differ."""
         if self._origins is not None:
             moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
-            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved], self._positions[moved])
-                               for cache in self._past)
+            columns = np.stack([self._shared[moved], self._positions[moved]], axis=1)
+            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved], columns) for cache in self._past)
             self._origins = None
 
     def _fit(self) -> None:
@@ -554,3 +562,15 @@ def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: Dec
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens two histories share (binary search on C-level list comparisons)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low

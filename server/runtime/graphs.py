@@ -16,7 +16,6 @@ one only through the cache operations here, so both placements share that loop.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,32 +132,6 @@ def _copy_rows(source: np.ndarray, rows: np.ndarray, start: int, stop: int, out:
     else:
         for i, row in enumerate(rows.tolist()):
             out[i, :, :kept] = source[row, :, start:stop]
-
-
-def copy_plan(targets: Sequence[int], sources: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
-    """Copies of row sources[i] onto row targets[i], all as of before any copy, ordered so that
-    no row is overwritten while a copy still has to read it.
-
-    Returns the rows to set aside first (one per cycle: two beams that swap) and the copies
-    (target, source) in order; a source -1 - k reads the k-th row set aside."""
-    pending = dict(zip(targets, sources))
-    unread = Counter(pending.values())  # copies still to read each row
-    kept: dict[int, int] = {}
-    ready = [target for target in pending if not unread[target]]
-    copies = []
-    while pending:
-        if not ready:  # each row left is still to be read: cycles only; set one row aside
-            row = next(iter(pending))
-            kept[row] = len(kept)
-            unread[row] = 0
-            ready.append(row)
-        target = ready.pop()
-        source = pending.pop(target)
-        copies.append((target, -1 - kept[source] if source in kept else source))
-        unread[source] -= 1
-        if source in pending and unread[source] == 0:
-            ready.append(source)
-    return list(kept), copies
 
 
 def cache_shape(tensor: Tensor) -> tuple[int, ...]:
@@ -288,24 +261,29 @@ class OnnxGraphs:
         return self._run(self._cache_op("write", len(cache)), feeds, [], [f"y{i}" for i in range(len(cache))])
 
     def move(self, cache: Cache, targets: np.ndarray, sources: np.ndarray, columns: np.ndarray | None = None) -> Cache:
-        """The cache with rows `targets` replaced by rows `sources` (beams continuing other
-        beams): only those rows are copied, host arrays in place. columns[i]: how many of
-        target i's first columns to copy (its positions in use: the step masks the others);
-        all of them when None."""
+        """The cache with rows `targets` replaced by rows `sources` as they were before any of
+        them moved (beams continuing other beams): host arrays in place. columns[i] = (start,
+        stop): target i takes only these columns of its source (it already holds the same ones
+        before `start`, and the step masks those from `stop` on); all of them when None."""
         if not len(targets):
             return cache
         if isinstance(cache[0], np.ndarray):
-            # Row by row, straight from source to target, in an order in which no row is
-            # overwritten before it is read: half the bytes of gathering every moved row into a
-            # buffer first, and a row's unused columns not at all (docs/benchmarks.md).
-            saved, copies = copy_plan(targets.tolist(), sources.tolist())
-            width = cache[0].shape[2]
-            used = dict(zip(targets.tolist(), [width] * len(targets) if columns is None else columns.tolist()))
+            # One gather and one scatter of (row, column) pairs per tensor: only the columns
+            # that differ move (docs/benchmarks.md), and the gather reads every source before
+            # the scatter writes any target.
+            start, stop = (np.zeros_like(targets), np.full_like(targets, cache[0].shape[2])) if columns is None \
+                else (columns[:, 0], columns[:, 1])
+            counts = np.maximum(stop - start, 0)
+            first = np.repeat(np.cumsum(counts) - counts, counts)  # each pair's offset within its row's run
+            cols = np.repeat(start, counts) + np.arange(counts.sum()) - first
+            heads = cache[0].shape[1]
+            # As (row x head, column) pairs of a (B * H, C, Dh) view: each pair one contiguous vector.
+            to = (np.repeat(targets, counts)[:, None] * heads + np.arange(heads)).ravel()
+            source = (np.repeat(sources, counts)[:, None] * heads + np.arange(heads)).ravel()
+            cols = np.repeat(cols, heads)
             for t in cache:
-                kept = np.take(t, saved, axis=0) if saved else t[:0]
-                for target, source in copies:
-                    n = used[target]
-                    t[target, :, :n] = kept[-1 - source, :, :n] if source < 0 else t[source, :, :n]
+                flat = t.reshape(-1, *t.shape[2:])
+                flat[to, cols] = flat[source, cols]
             return cache
         return self.write(cache, targets, self.select(cache, sources))
 

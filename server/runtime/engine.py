@@ -82,6 +82,7 @@ class _Live:
     beam_scores: list[float] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)  # the engine's rows it holds, one per beam
     entries: list[int] = field(default_factory=list)  # its source's cross-attention entries, one per QUERY_GROUP beams
+    shared: list[list[int]] = field(default_factory=list)  # [a][b]: how many first tokens beams a and b share
 
     @classmethod
     def start(cls, sentence: Sentence, max_positions: int) -> _Live:
@@ -91,7 +92,18 @@ class _Live:
             live.greedy = SentenceGreedy()
         else:  # only beam 0 is real at the start; the others would duplicate it
             live.beams, live.beam_scores = SentenceBeams(k), [0.0] + [-math.inf] * (k - 1)
+            live.shared = [[0] * k for _ in range(k)]
         return live
+
+    def fork(self, origins: list[int]) -> list[int]:
+        """Beam j now continues beam origins[j] (at `step`): how many first tokens each beam's
+        old history shares with its origin's (their cached columns up to that many are the
+        same), with `shared` updated for the new beams. Two continuations of one origin share
+        all its tokens and differ in their new ones; of two origins, what those shared."""
+        old, length = self.shared, self.step - 1  # tokens in each old history
+        self.shared = [[self.step if j == k else length if a == b else old[a][b] for k, b in enumerate(origins)]
+                       for j, a in enumerate(origins)]
+        return [old[origin][j] for j, origin in enumerate(origins)]
 
     @property
     def rows(self) -> int:
@@ -191,15 +203,13 @@ class Engine:
                 done = None if going else live.result()
             else:
                 scores, flat = candidates[id(live)]
-                histories = live.beams.histories
                 beams = live.beams.advance(scores, flat, c.vocab_size, live.step, live.limit, live.sentence.options,
                                            c.eos_id)
                 if beams is not None:
                     origins[live.slots] = [live.slots[origin] for origin, _, _ in beams]
                     # A row's cached column i is the same for every beam whose first i tokens are
                     # the same (column 0: the start token): only the columns after those move.
-                    shared[live.slots] = [1 + _shared_prefix(histories[origin], histories[j])
-                                          for j, (origin, _, _) in enumerate(beams)]
+                    shared[live.slots] = [1 + n for n in live.fork([origin for origin, _, _ in beams])]
                     tokens[live.slots] = [token for _, token, _ in beams]
                     live.beam_scores = [score for _, _, score in beams]
                 done = None if beams is not None else live.result()
@@ -563,14 +573,3 @@ def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: Dec
         raise errors[0]
     return results  # type: ignore[return-value]
 
-
-def _shared_prefix(a: list[int], b: list[int]) -> int:
-    """How many first tokens two histories share (binary search on C-level list comparisons)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low

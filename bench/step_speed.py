@@ -47,8 +47,7 @@ def step_call(graphs: OnnxGraphs, case: tuple[int, int, int, int], rng: np.rando
     """A decoder step of `graphs` on one case's random inputs, as a call without arguments."""
     sources, beams, cached, source_length = case
     c, rows = graphs.config, sources * beams
-    source = rng.integers(4, c.vocab_size, (sources, source_length))
-    source[:, -1] = c.eos_id
+    source = random_sources(graphs, sources, source_length, rng)
     cross_keys, cross_values = graphs.encode(source)
     cache = [[rng.random((rows, c.heads, cached, c.head_dim), dtype=np.float32) for _ in range(c.decoder_layers)]
              for _ in range(2)]
@@ -65,9 +64,15 @@ def step_call(graphs: OnnxGraphs, case: tuple[int, int, int, int], rng: np.rando
 
 def encode_call(graphs: OnnxGraphs, sources: int, source_length: int, rng: np.random.Generator):
     """An encoder call of `graphs` on random sources, as a call without arguments."""
+    source = random_sources(graphs, sources, source_length, rng)
+    return lambda: graphs.encode(source)
+
+
+def random_sources(graphs: OnnxGraphs, sources: int, source_length: int, rng: np.random.Generator) -> np.ndarray:
+    """`sources` random id sequences of `source_length` tokens, each ending in EOS."""
     source = rng.integers(4, graphs.config.vocab_size, (sources, source_length))
     source[:, -1] = graphs.config.eos_id
-    return lambda: graphs.encode(source)
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,7 +289,9 @@ class Engine:
         if self._origins is not None:
             moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
             columns = np.stack([self._shared[moved], self._positions[moved]], axis=1)
-            self._past = tuple(self.graphs.move(cache, moved, self._origins[moved], columns) for cache in self._past)
+            keys, values = self._past  # one move for both: its (row, column) pairs are worked out once
+            both = self.graphs.move([*keys, *values], moved, self._origins[moved], columns)
+            self._past = (both[: len(keys)], both[len(keys):])
             self._origins = None
 
     def _fit(self) -> None:
@@ -572,4 +574,3 @@ def translate_ids(graphs: OnnxGraphs, ids: Sequence[Sequence[int]], options: Dec
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
-

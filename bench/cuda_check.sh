@@ -5,21 +5,32 @@
 #     bash bench/cuda_check.sh [results-folder]       # default: bench/results/cuda
 #
 # 1. which providers load, and the one line the runtime gives where CUDA cannot;
-# 2. tests/test_runtime.py on CUDA: greedy and beam equal the PyTorch reference, with the cache
+# 2. the engine issue's GPU goals (bench/in_flight.py), for the default model's newest version in
+#    fp16 (FP16_REPO: a repository holding it, as bench/gpu_carry.sh unpacks one; left out when
+#    unset) and fp32: generated tokens/s of real sentences with 1,024 and 4,096 in flight, greedy
+#    and beam 4, ms per token one sentence at a time, and the share of 200 sentences translated
+#    the same alone and among others;
+# 3. the service on the GPU at 256 concurrent clients against the runtime in-process
+#    (bench/grpc_speed.py --device; the committed fp32 version, whose CPU-recorded probes pass
+#    the server's gate there);
+# 4. tests/test_runtime.py on CUDA: greedy and beam equal the PyTorch reference, with the cache
 #    kept on the GPU (I/O binding) and copied through host memory;
-# 3. the committed default model on CUDA passes the reload gate (its CPU-recorded probes replay
+# 5. the committed default model on CUDA passes the reload gate (its CPU-recorded probes replay
 #    token for token), and its held-out translations on CUDA against those on the CPU;
-# 4. rosetta-serve --device cuda answers a translation and reports CUDAExecutionProvider;
-# 5. bench/decode_speed.py --device cuda: the PyTorch reference and our runtime on the GPU.
+# 6. rosetta-serve --device cuda answers a translation and reports CUDAExecutionProvider;
+# 7. bench/decode_speed.py --device cuda: the PyTorch reference and our runtime on the GPU
+#    (BENCH_ARGS, default the small architecture: the workload's exports take minutes).
+# The goals come first: a lease is 15 minutes, carrying onnxruntime-gpu there takes a few.
 # Each step reports and the script goes on; it exits non-zero if any step failed.
-# DEVICE=cpu runs the same steps on the CPU: a dry run of the script on a machine without a GPU.
-# BENCH=0 leaves out step 5 (minutes), for a quick check of a new model or runtime change.
+# DEVICE=cpu runs the same steps on the CPU, smaller: a dry run of the script without a GPU.
+# BENCH=0 leaves out steps 2, 3 and 7 (minutes), for a quick check of a new model or runtime change.
 set -u
 RESULTS=${1:-bench/results/cuda}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 MODEL=models/en-es/$(ls models/en-es | sort -n | tail -n 1)  # the newest committed version
 mkdir -p "$RESULTS"
+WORK=$(mktemp -d)  # what the steps pass on; RESULTS holds only the figures (a few files: a lease returns 8)
 failed=()
 step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 check() { "$@" || failed+=("$*"); }
@@ -32,6 +43,29 @@ print('onnxruntime', ort.__version__, ort.get_available_providers())
 print('CUDA provider:', cuda_unavailable_reason() or 'usable')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
+if [ "$DEVICE" = cuda ]; then
+  SCALE=(--sentences 4096 --in-flight 1024 4096 --batch1-sentences 64 --independence 200)
+  SERVICE=(--clients 256 --batch 1024 --texts 1897)
+else
+  SCALE=(--sentences 64 --in-flight 32 --batch1-sentences 8 --independence 20)
+  SERVICE=(--clients 8 --batch 32 --texts 64)
+fi
+if [ "${BENCH:-1}" != 0 ]; then
+  step "the engine at scale on $DEVICE"
+  FP16=${FP16_REPO:+$FP16_REPO/en-es/$(ls "$FP16_REPO/en-es" 2>/dev/null | sort -n | tail -n 1)}
+  [ -n "$FP16" ] || echo "fp16: left out (FP16_REPO unset)"
+  for version in $FP16 "$MODEL"; do
+    precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
+    check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
+      --output "$RESULTS/in_flight-$precision.json"
+  done
+
+  step "the service on $DEVICE against in-process"
+  # The committed version: its probes, recorded on the CPU at fp32, pass the server's gate on CUDA.
+  check "$PY" bench/grpc_speed.py --device "$DEVICE" "${SERVICE[@]}" \
+    --repeats 1 --output "$RESULTS/grpc-$DEVICE.json"
+fi
+
 step "runtime tests on $DEVICE"
 check "$PY" -m pytest -q -p no:cacheprovider tests/test_runtime.py --device "$DEVICE"
 
@@ -43,23 +77,23 @@ step "default model: held-out translations, $DEVICE against cpu"
 import json
 from model.tsv import write_tsv
 pairs = json.load(open('$MODEL/probes.json'))['heldout']['pairs']
-write_tsv('$RESULTS/heldout.tsv', [tuple(p) for p in pairs])"
+write_tsv('$WORK/heldout.tsv', [tuple(p) for p in pairs])"
 for beam in 1 4; do
   for device in cpu "$DEVICE"; do
-    check "$PY" -m export.evaluate --model "$MODEL" --test "$RESULTS/heldout.tsv" --beam $beam \
-      --device $device --output "$RESULTS/heldout-$device-beam$beam.txt"
+    check "$PY" -m export.evaluate --model "$MODEL" --test "$WORK/heldout.tsv" --beam $beam \
+      --device $device --output "$WORK/heldout-$device-beam$beam.txt"
   done
-  same=$(paste -d '\t' "$RESULTS/heldout-cpu-beam$beam.txt" "$RESULTS/heldout-$DEVICE-beam$beam.txt" \
+  same=$(paste -d '\t' "$WORK/heldout-cpu-beam$beam.txt" "$WORK/heldout-$DEVICE-beam$beam.txt" \
          | awk -F '\t' '$1 == $2' | wc -l)
-  echo "beam $beam: $same of $(wc -l < "$RESULTS/heldout-cpu-beam$beam.txt") translations identical on $DEVICE and cpu"
+  echo "beam $beam: $same of $(wc -l < "$WORK/heldout-cpu-beam$beam.txt") translations identical on $DEVICE and cpu"
 done
 
 step "rosetta-serve --device $DEVICE"
-"$PY" -m server.main --repository models --device "$DEVICE" --port 0 --metrics-port 0 > "$RESULTS/serve.out" \
-  2> "$RESULTS/serve.err" &
+"$PY" -m server.main --repository models --device "$DEVICE" --port 0 --metrics-port 0 > "$WORK/serve.out" \
+  2> "$WORK/serve.err" &
 server=$!
-for _ in $(seq 120); do grep -q '"port"' "$RESULTS/serve.out" 2>/dev/null && break; sleep 0.5; done
-port=$("$PY" -c "import json; print(json.loads(open('$RESULTS/serve.out').readline())['port'])" 2>/dev/null)
+for _ in $(seq 120); do grep -q '"port"' "$WORK/serve.out" 2>/dev/null && break; sleep 0.5; done
+port=$("$PY" -c "import json; print(json.loads(open('$WORK/serve.out').readline())['port'])" 2>/dev/null)
 if [ -n "$port" ]; then
   check "$PY" -m client.cli --server "localhost:$port" "Open the file and save your changes."
   check "$PY" -c "
@@ -67,7 +101,7 @@ from client.translator import TranslatorClient
 with TranslatorClient('localhost:$port') as c:
     for m in c.models(): print(m)"
 else
-  failed+=("rosetta-serve --device $DEVICE did not start"); tail -20 "$RESULTS/serve.err"
+  failed+=("rosetta-serve --device $DEVICE did not start"); tail -20 "$WORK/serve.err"
 fi
 kill -TERM $server 2>/dev/null; wait $server; echo "server exit code $?"
 
@@ -76,7 +110,7 @@ else
 step "decode speed on $DEVICE"
 # The random models need a tokenizer (unused by the workload): the default model's, so that no corpus is needed.
 check "$PY" bench/decode_speed.py --device "$DEVICE" --out "$RESULTS/decode_speed.json" \
-  --tokenizer "$MODEL/tokenizer.model" --tokenizer-corpus "$RESULTS/heldout.tsv" ${BENCH_ARGS:-}
+  --tokenizer "$MODEL/tokenizer.model" --tokenizer-corpus "$WORK/heldout.tsv" ${BENCH_ARGS:---archs small}
 fi
 
 echo

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/grpc_speed.py                    # default model, 1/8/32/64 clients
     .venv/bin/python bench/grpc_speed.py --clients 1 32 --texts 128
+    python bench/grpc_speed.py --device cuda --clients 256 --batch 256 --texts 1897   # a GPU machine
 
 The texts are the first `--texts` sources of the test split (`make data` writes it). First the
 runtime translates them in-process in batches of `--batch` (the ceiling: no network, no
@@ -40,7 +41,7 @@ from model.search import DEFAULT_BEAM_SIZE
 from model.tsv import read_tsv
 from rosetta.v1 import translator_pb2 as pb
 from rosetta.v1 import translator_pb2_grpc
-from server.runtime import SessionConfig, Translator
+from server.runtime import SessionConfig, Translator, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +58,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def in_process(version_dir: Path, texts: list[str], *, threads: int, batch: int, repeats: int) -> float:
+def in_process(version_dir: Path, texts: list[str], *, device: str, threads: int, batch: int, repeats: int) -> float:
     """Texts per second of the runtime called directly (median of `repeats` passes)."""
-    translator = Translator(version_dir, SessionConfig(device="cpu", intra_op_threads=threads))
+    translator = Translator(version_dir, SessionConfig(device=device, intra_op_threads=threads))
     translator.translate(texts[:batch], beam_size=DEFAULT_BEAM_SIZE, batch_size=batch)
     seconds = []
     for _ in range(repeats):
@@ -72,11 +73,11 @@ def in_process(version_dir: Path, texts: list[str], *, threads: int, batch: int,
 class ServerProcess:
     """`rosetta-serve` on a free port; how long it took to serve, and its memory."""
 
-    def __init__(self, repository: Path, threads: int, extra: list[str] = ()) -> None:
+    def __init__(self, repository: Path, threads: int, extra: list[str] = (), device: str = "cpu") -> None:
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.main", "--repository", str(repository), "--port", "0",
-             "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads), "--log-level", "warning", *extra],
+             "--metrics-port", "-1", "--device", device, "--threads", str(threads), "--log-level", "warning", *extra],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         if not line:
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="intra-op threads, both sides (default 0: each side's own default for these cores: "
                              "in-process one single-threaded stream per core, the server one per concurrent batch)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both sides")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "grpc-latest.json")
     parser.add_argument("--server-args", default="", help="more rosetta-serve flags, e.g. '--streams 1'")
     args = parser.parse_args(argv)
@@ -188,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs, _ = read_tsv(args.test, strict=True)
     texts = [source for source, _ in pairs][: args.texts]
     model_dir = args.repository / args.model
-    version_dir = model_dir / str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()))
+    version_dir = model_dir / str(versions(model_dir)[-1])
 
     print(f"in-process: {len(texts)} texts, batch {args.batch}, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads",
           file=sys.stderr)
-    baseline = in_process(version_dir, texts, threads=args.threads, batch=args.batch, repeats=args.repeats)
-    server = ServerProcess(args.repository, args.threads, args.server_args.split())
+    baseline = in_process(version_dir, texts, device=args.device, threads=args.threads, batch=args.batch,
+                          repeats=args.repeats)
+    server = ServerProcess(args.repository, args.threads, args.server_args.split(), args.device)
     rows = []
     try:
         for clients in args.clients:
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "model": str(version_dir.relative_to(args.repository)), "texts": len(texts), "beam_size": DEFAULT_BEAM_SIZE,
-        "threads": args.threads, "server_args": args.server_args, "in_process_batch": args.batch,
+        "device": args.device, "threads": args.threads, "server_args": args.server_args, "in_process_batch": args.batch,
         "in_process_texts_per_s": baseline,
         "seconds_to_serving": server.seconds_to_serving, **memory, "service": rows,
         "machine": machine(),

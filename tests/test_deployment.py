@@ -248,7 +248,7 @@ def test_train_image_installs_the_pinned_torch_and_the_export_extra():
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {".venv", "runs", "data/en-es", "bench/.cache", ".git", "**/__pycache__", ".pytest_cache"} <= ignored
+    assert {".venv", "runs", "data/en-es", "bench/.cache", ".carry", ".git", "**/__pycache__", ".pytest_cache"} <= ignored
 
 
 # ---- docker-compose.yml ----------------------------------------------------------------------

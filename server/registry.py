@@ -201,10 +201,13 @@ class ModelRegistry:
             if entry.loaded is None:
                 entry.state, entry.reason = before
             return None
-        log.info("accepted %s version %d (%s on %s): %s", name, number, entry.loaded.manifest.precision,
-                 entry.loaded.translator.provider, entry.reason,
+        translator = entry.loaded.translator
+        cache_mb = round(translator.scheduler.cache_bytes_at_most / 2**20)
+        log.info("accepted %s version %d (%s on %s): %s; its key/value caches hold at most %d MB", name, number,
+                 entry.loaded.manifest.precision, translator.provider, entry.reason, cache_mb,
                  extra={"event": "accepted", "model": name, "version": number,
-                        "precision": entry.loaded.manifest.precision, "provider": entry.loaded.translator.provider})
+                        "precision": entry.loaded.manifest.precision, "provider": translator.provider,
+                        "cache_mb_at_most": cache_mb})
         return entry.loaded
 
     # -- requests ----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import weakref
 import numpy as np
 import pytest
 
-from model.search import DecodeOptions
+from model.config import EOS_ID
+from model.search import MAX_BEAM_SIZE, DecodeOptions
 from server.runtime import OnnxGraphs, Scheduler, Sentence, SessionConfig, Translator, translate_ids
 from server.runtime.engine import Engine
 from tests.builders import tiny_pairs
@@ -223,6 +224,35 @@ def test_a_cache_resize_holds_one_tensor_twice_never_the_whole_cache_twice(tiny)
         tracemalloc.stop()
     assert all(t.shape[2] == 256 and (t[:, :, :64] == 1).all() and not t[:, :, 64:].any() for t in cache)
     assert peak - now < 1.5 * old_bytes  # the whole cache held twice would be 4 old tensors over
+
+
+def test_its_caches_reach_the_bound_it_reports_for_its_limits_and_never_pass_it(tiny):
+    """`cache_bytes_at_most` (logged when a version is accepted) is what the configured limits
+    allow: max_rows sentences with sources and translations of max_positions tokens reach it,
+    and a mixed run under continuous admission never passes it. (An engine narrower than
+    MAX_BEAM_SIZE rows still takes the widest beam search alone, so that is its floor.)"""
+    c = tiny.graphs.config
+    engine, collected = Engine(tiny.graphs, max_rows=MAX_BEAM_SIZE), Collected()
+    longest = DecodeOptions(min_length=c.max_positions - 1, max_length=c.max_positions - 1)
+    rng = np.random.default_rng(3)
+    sources = [[*rng.integers(4, c.vocab_size, c.max_positions - 1).tolist(), EOS_ID] for _ in range(MAX_BEAM_SIZE)]
+    engine.step([collected.sentence(i, ids, longest) for i, ids in enumerate(sources)])
+    held = [engine.cache_bytes]
+    while engine.live:
+        engine.step()
+        held.append(engine.cache_bytes)
+    assert max(held) == engine.cache_bytes_at_most
+
+    ids = tiny.encode([s for s, _ in tiny_pairs()] * 2)
+    engine = Engine(tiny.graphs, max_rows=6)
+    waiting = list(range(len(ids)))
+    while waiting or engine.live:
+        joining = []
+        if waiting and MIXED[waiting[0] % len(MIXED)].beam_size <= engine.free_rows:
+            i = waiting.pop(0)
+            joining.append(collected.sentence(i, ids[i], MIXED[i % len(MIXED)]))
+        engine.step(joining)
+        assert engine.cache_bytes <= engine.cache_bytes_at_most
 
 
 def test_graphs_that_translate_ids_used_are_freed_once_their_threads_end(tiny_version, monkeypatch):

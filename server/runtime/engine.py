@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
+from model.search import MAX_BEAM_SIZE, DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
 from server.runtime.allocator import map_large_blocks
 from server.runtime.graph_io import QUERY_GROUP, candidates_for, entries_for, query_width
 from server.runtime.graphs import Cache, OnnxGraphs, cache_shape
@@ -161,6 +161,22 @@ class Engine:
     @property
     def free_rows(self) -> int:
         return self.max_rows - self.rows
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes its key/value caches (self- and cross-attention) hold now."""
+        itemsize = np.dtype(self.graphs.dtype).itemsize
+        return sum(math.prod(cache_shape(t)) * itemsize for cache in (*self._past, *self._cross) for t in cache)
+
+    @property
+    def cache_bytes_at_most(self) -> int:
+        """The most `cache_bytes` can be: a slot per row, max_rows of them or a wider sentence's
+        beams (admitted alone), each slot with max_positions positions, and as many source
+        tokens in a cross-attention entry per slot (greedy sentences: one each). A resize holds
+        one tensor more for a moment."""
+        c = self.graphs.config
+        per_slot = 2 * 2 * c.decoder_layers * c.heads * c.max_positions * c.head_dim  # self and cross, keys and values
+        return max(self.max_rows, MAX_BEAM_SIZE) * per_slot * np.dtype(self.graphs.dtype).itemsize
 
     def step(self, joining: Sequence[Sentence] = ()) -> None:
         """Admit `joining`, then give every sentence in flight its next token."""
@@ -472,6 +488,12 @@ class Scheduler:
     def waiting(self) -> int:
         """Sentences submitted and not yet admitted into an engine."""
         return len(self._waiting)
+
+    @property
+    def cache_bytes_at_most(self) -> int:
+        """The most its engines' key/value caches hold together: what the device's memory must
+        fit beside the weights (the server logs it when it accepts a version)."""
+        return sum(engine.cache_bytes_at_most for engine in self.engines)
 
     def submit(self, sentences: Iterable[Sentence]) -> None:
         """Queue sentences; each one's `done` is called when it is translated."""

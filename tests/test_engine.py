@@ -19,7 +19,7 @@ import pytest
 from model.config import EOS_ID
 from model.search import MAX_BEAM_SIZE, DecodeOptions
 from server.runtime import OnnxGraphs, Scheduler, Sentence, SessionConfig, Translator, translate_ids
-from server.runtime.engine import Engine
+from server.runtime.engine import Engine, _Live
 from tests.builders import tiny_pairs
 from tests.versions import DEFAULT_VERSION, REPOSITORY
 
@@ -206,6 +206,26 @@ def test_a_greedy_sentence_gets_the_same_bits_beside_a_beam_sentence_as_alone(ti
     by_itself = alone(tiny.graphs, ids[0], greedy)
     assert [h.tokens for h in collected.results[0]] == [h.tokens for h in by_itself]
     assert [h.score for h in collected.results[0]] == [h.score for h in by_itself]  # bit for bit
+
+
+def test_beams_forking_keep_track_of_how_many_first_tokens_each_pair_shares():
+    """_Live.fork's table is what the beams' reordering copies by: after any sequence of forks,
+    shared[a][b] is the length of beams a and b's common prefix, and fork returns, for each new
+    beam, how much of its old history its origin's shares (its columns up to there stay put)."""
+    def common(x: list[int], y: list[int]) -> int:
+        return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+
+    rng = np.random.default_rng(11)
+    k = 4
+    live = _Live.start(Sentence([5, EOS_ID], DecodeOptions(beam_size=k), lambda result: None), 40)
+    histories: list[list[int]] = [[] for _ in range(k)]
+    for step in range(1, 30):
+        origins = rng.integers(0, k, k).tolist()
+        live.step = step
+        kept = live.fork(origins)
+        assert kept == [common(histories[j], histories[origin]) for j, origin in enumerate(origins)]
+        histories = [histories[origin] + [step * k + j] for j, origin in enumerate(origins)]  # each new token differs
+        assert live.shared == [[common(a, b) for b in histories] for a in histories]
 
 
 def test_a_cache_resize_holds_one_tensor_twice_never_the_whole_cache_twice(tiny):

@@ -6,14 +6,18 @@
 For each architecture a random model is built from its config with the workload's seed,
 saved as a checkpoint and exported through `rosetta-export`'s own code path (fp32 and int8,
 each through the parity gate on a few sentences), so every engine runs the same weights. Each
-engine then runs in a fresh worker process (its own thread pools and peak-memory figure) over
+engine setting runs in its own worker process (its own thread pools and peak-memory figure) over
 the same source ids, generating exactly `target_length` tokens per sentence (EOS suppressed).
 Within the workload's thread budget, CTranslate2 runs in four settings (CT2_SETTINGS) and our
 runtime in two (ORT_SETTINGS: one stream of 2 threads, two streams of 1); each is reported at its best.
 
-Timing: one warm-up pass, then `timed_reps` passes; the median is reported with min and max.
-Around each pass the CPU time of other processes is read from /proc/stat; a pass during which
-they used more than a fifth of one core is repeated (up to 3 times) and flagged if still disturbed.
+Timing: per mode, one warm-up pass, then `timed_reps` passes; the median is reported with min
+and max. The passes of all of an architecture's workers take turns (one pass each, in an order
+rotated every round, the others idle meanwhile), so a drift of the machine's speed falls on every
+engine alike: run one engine after another, a shared machine that sped up 1.5x within a quarter
+of an hour (2026-12-01) favoured whichever engines ran last. Around each pass the CPU time of
+other processes is read from /proc/stat; a pass during which they used more than a fifth of one
+core is repeated (up to 3 times) and flagged if still disturbed.
 
 On a GPU (`--device cuda`) the engines are the PyTorch reference on CUDA and our runtime on the
 CUDA provider at fp32, fp16 and int8, each with its key/value cache kept on the GPU through I/O
@@ -36,6 +40,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -56,6 +61,10 @@ ORT_SETTINGS = [(1, 2), (2, 1)]
 # On CUDA: where the key/value cache lives between steps (the I/O binding lever, measured).
 ORT_CUDA_SETTINGS = {"device cache": True, "host cache": False}
 DISTURBED_CORE_SHARE = 0.2
+# Before each pass: long enough for an idle worker's OpenMP threads to stop spinning (Intel's
+# OpenMP, under MKL, spins 200 ms after its work by default).
+SETTLE_SECONDS = 0.3
+REPLY = "@decode_speed "  # a worker's answers on stdout start with this; libraries may print too
 
 
 # --- the workload ---------------------------------------------------------------------------
@@ -141,31 +150,38 @@ def timed_pass(run: Callable[[], None]) -> tuple[float, float]:
     return seconds, others
 
 
+def mode_pass(decode: Callable[[list[list[int]], int, int], None], sentences: list[list[int]], mode: dict,
+              workload: dict) -> Callable[[], None]:
+    """One pass of `mode` over `sentences`, batch by batch, as a call without arguments."""
+    def go() -> None:
+        for start in range(0, len(sentences), mode["batch"]):
+            decode(sentences[start: start + mode["batch"]], mode["beam"], workload["inputs"]["target_length"])
+    return go
+
+
+def figures(times: list[float], flags: list[float], mode: dict, workload: dict) -> dict:
+    """A mode's reported figures from its timed passes' seconds and disturbances."""
+    median = statistics.median(times)
+    tokens = mode["sentences"] * workload["inputs"]["target_length"]
+    return {"tokens_per_s": tokens / median, "sentences_per_s": mode["sentences"] / median,
+            "ms_per_sentence": 1000 * median / mode["sentences"], "seconds": {"median": median, "min": min(times),
+                                                                             "max": max(times)},
+            "other_processes_cores": flags, "disturbed": any(f > DISTURBED_CORE_SHARE for f in flags)}
+
+
 def measure_mode(decode: Callable[[list[list[int]], int, int], None], sources: list[list[int]], mode: dict,
                  workload: dict) -> dict:
-    sentences = sources[: mode["sentences"]]
-
-    def run(batch_sources: list[list[int]]) -> Callable[[], None]:
-        def go() -> None:
-            for start in range(0, len(batch_sources), mode["batch"]):
-                decode(batch_sources[start: start + mode["batch"]], mode["beam"], workload["inputs"]["target_length"])
-        return go
-
-    run(sources[: workload["timing"]["warmup_sentences"]])()
+    """A mode's figures from passes in this process alone (bench/session_options.py)."""
+    timed_pass(mode_pass(decode, sources[: workload["timing"]["warmup_sentences"]], mode, workload))
     times, flags = [], []
     for _ in range(workload["timing"]["timed_reps"]):
-        for attempt in range(3):
-            seconds, others = timed_pass(run(sentences))
+        for _ in range(3):
+            seconds, others = timed_pass(mode_pass(decode, sources[: mode["sentences"]], mode, workload))
             if others <= DISTURBED_CORE_SHARE:
                 break
         times.append(seconds)
         flags.append(round(others, 2))
-    median = statistics.median(times)
-    tokens = len(sentences) * workload["inputs"]["target_length"]
-    return {"tokens_per_s": tokens / median, "sentences_per_s": len(sentences) / median,
-            "ms_per_sentence": 1000 * median / len(sentences), "seconds": {"median": median, "min": min(times),
-                                                                          "max": max(times)},
-            "other_processes_cores": flags, "disturbed": any(f > DISTURBED_CORE_SHARE for f in flags)}
+    return figures(times, flags, mode, workload)
 
 
 def peak_rss_mb() -> float:
@@ -237,34 +253,147 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
 
 
 def worker(args: argparse.Namespace) -> None:
+    """Time passes on request, one per line on stdin ({"mode": name, "warmup": bool}, or {"rss":
+    true} for the peak memory); each answer is one line on stdout after REPLY."""
     workload = load_workload(args.workload)
     decode = engine_decoder(args.engine, args.arch_dir, (args.threads or workload["threads"]["intra_op"],
                                                          workload["threads"]["inter_op"]), args.streams,
                             args.device, {"on": True, "off": False, "auto": None}[args.device_cache])
     sources = workload_sources(workload, eos_id=3)
-    results = {}
-    for mode in workload["modes"]:
-        print(f"  {args.engine} {mode['name']}", file=sys.stderr, flush=True)
-        results[mode["name"]] = measure_mode(decode, sources, mode, workload)
-    results["peak_rss_mb"] = peak_rss_mb()
-    print(json.dumps(results))
+    modes = {mode["name"]: mode for mode in workload["modes"]}
+    print(REPLY + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("rss"):
+            answer = {"peak_rss_mb": peak_rss_mb()}
+        else:
+            mode = modes[request["mode"]]
+            count = workload["timing"]["warmup_sentences"] if request["warmup"] else mode["sentences"]
+            seconds, others = timed_pass(mode_pass(decode, sources[:count], mode, workload))
+            answer = {"seconds": seconds, "others": others}
+        print(REPLY + json.dumps(answer), flush=True)
 
 
 # --- the report -----------------------------------------------------------------------------
-def run_worker(engine: str, arch: str, arch_dir: Path, workload: Path, threads: int | None = None,
-               env: dict[str, str] | None = None, streams: int = 1, device: str = "cpu",
-               device_cache: str = "auto") -> dict:
-    """Time one engine in a fresh process; its figures, or {"error": ...}."""
-    print(f"[{arch}] {engine} on {device} {env or ''} {threads or ''} {f'{streams} streams' if streams > 1 else ''}"
-          f"{'' if device_cache == 'auto' else f'device cache {device_cache}'}", file=sys.stderr, flush=True)
-    command = [sys.executable, __file__, "worker", "--engine", engine, "--arch-dir", str(arch_dir),
-               "--workload", str(workload), "--streams", str(streams), "--device", device,
-               "--device-cache", device_cache] + (["--threads", str(threads)] if threads else [])
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        print(f"  failed: {proc.stderr.strip()[-2000:]}", file=sys.stderr)
-        return {"error": proc.stderr.strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class WorkerFailed(RuntimeError):
+    pass
+
+
+class Worker:
+    """One engine setting in its own process, timing passes when asked."""
+
+    def __init__(self, engine: str, arch_dir: Path, workload: Path, *, threads: int | None = None,
+                 env: dict[str, str] | None = None, streams: int = 1, device: str = "cpu",
+                 device_cache: str = "auto") -> None:
+        command = [sys.executable, __file__, "worker", "--engine", engine, "--arch-dir", str(arch_dir),
+                   "--workload", str(workload), "--streams", str(streams), "--device", device,
+                   "--device-cache", device_cache] + (["--threads", str(threads)] if threads else [])
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env={**os.environ, **(env or {})})
+        self.error: list[str] | None = None
+        self._answer()
+
+    def ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        self.proc.wait()
+        self.log.seek(0)
+        raise WorkerFailed(self.log.read().strip()[-2000:] or f"exit status {self.proc.returncode}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        self.log.close()
+
+
+def start_worker(label: str, *args, **kwargs) -> Worker | dict:
+    """A started worker, or {"error": ...} if it could not start."""
+    print(f"  starting {label}", file=sys.stderr, flush=True)
+    try:
+        return Worker(*args, **kwargs)
+    except WorkerFailed as e:
+        print(f"  failed: {e}", file=sys.stderr)
+        return {"error": str(e).splitlines()[-1:]}
+
+
+def time_interleaved(workers: dict[str, Worker], workload: dict) -> dict[str, dict]:
+    """Each worker's figures per mode; within a mode the workers take turns, a pass each, the
+    order rotated every round. A worker that fails reports {"error": ...}; the others go on."""
+    results: dict[str, dict] = {name: {} for name in workers}
+    live = dict(workers)
+
+    def one_pass(name: str, mode: dict, warmup: bool) -> dict | None:
+        try:
+            time.sleep(SETTLE_SECONDS)  # idle workers' threads stop spinning before the next pass
+            return live[name].ask({"mode": mode["name"], "warmup": warmup})
+        except WorkerFailed as e:
+            print(f"  {name} failed: {e}", file=sys.stderr)
+            results[name] = {"error": str(e).splitlines()[-1:]}
+            live.pop(name).close()
+            return None
+
+    for mode in workload["modes"]:
+        print(f"  {mode['name']}: {len(live)} workers taking turns", file=sys.stderr, flush=True)
+        for name in list(live):
+            one_pass(name, mode, warmup=True)
+        times: dict[str, list[float]] = {name: [] for name in live}
+        flags: dict[str, list[float]] = {name: [] for name in live}
+        for rep in range(workload["timing"]["timed_reps"]):
+            names = list(live)
+            for name in names[rep % len(names):] + names[: rep % len(names)] if names else []:
+                for _ in range(3):
+                    answer = one_pass(name, mode, warmup=False) if name in live else None
+                    if answer is None or answer["others"] <= DISTURBED_CORE_SHARE:
+                        break
+                if answer is not None:
+                    times[name].append(answer["seconds"])
+                    flags[name].append(round(answer["others"], 2))
+        for name in live:
+            results[name][mode["name"]] = figures(times[name], flags[name], mode, workload)
+    for name, w in live.items():
+        results[name]["peak_rss_mb"] = w.ask({"rss": True})["peak_rss_mb"]
+        w.close()
+    return results
+
+
+def engine_settings(engine: str, device: str) -> dict[str, dict]:
+    """The settings an engine is timed in: name -> Worker keyword arguments ("" for its only one)."""
+    if device == "cuda" and engine.startswith("onnxruntime-"):
+        return {name: {"device": "cuda", "device_cache": "on" if on else "off"} for name, on in ORT_CUDA_SETTINGS.items()}
+    if device == "cuda":
+        return {"": {"device": "cuda"}}
+    if engine.startswith("ctranslate2-"):
+        return {f"{backend}, {threads} thread{'s' * (threads > 1)}":
+                {"threads": threads, "env": {"CT2_USE_MKL": "1" if backend == "mkl" else "0"}}
+                for backend, threads in CT2_SETTINGS}
+    if engine.startswith("onnxruntime-"):
+        return {f"{streams} stream{'s' * (streams > 1)} x {threads} thread{'s' * (threads > 1)}":
+                {"threads": threads, "streams": streams} for streams, threads in ORT_SETTINGS}
+    return {"": {}}
+
+
+def time_arch(arch: str, arch_dir: Path, engines: list[str], workload_path: Path, workload: dict,
+              device: str) -> dict:
+    """Every engine's figures for one architecture, at its best setting per mode."""
+    settings = {(engine, name): kwargs for engine in engines for name, kwargs in engine_settings(engine, device).items()}
+    started = {key: start_worker(f"[{arch}] {key[0]} on {device} {key[1]}", key[0], arch_dir, workload_path, **kwargs)
+               for key, kwargs in settings.items()}
+    workers = {f"{engine} {name}": w for (engine, name), w in started.items() if isinstance(w, Worker)}
+    timed = time_interleaved(workers, workload)
+    results = {}
+    for engine in engines:
+        variants = {name: timed.get(f"{engine} {name}", started[engine, name])
+                    for (e, name) in settings if e == engine}
+        results[engine] = variants[""] if "" in variants else best_variant(variants)
+    return results
 
 
 def best_variant(variants: dict[str, dict]) -> dict:
@@ -356,28 +485,7 @@ def main() -> None:
     results: dict = {}
     for arch in args.archs:
         arch_dir = prepare_arch(workload, arch, args.cache, args.tokenizer_corpus, args.tokenizer, precisions)
-        results[arch] = {}
-        for engine in engines:
-            if args.device == "cuda" and engine.startswith("onnxruntime-"):
-                variants = {name: run_worker(engine, arch, arch_dir, args.workload, device="cuda",
-                                             device_cache="on" if on else "off")
-                            for name, on in ORT_CUDA_SETTINGS.items()}
-                results[arch][engine] = best_variant(variants)
-            elif args.device == "cuda":
-                results[arch][engine] = run_worker(engine, arch, arch_dir, args.workload, device="cuda")
-            elif engine.startswith("ctranslate2-"):
-                variants = {f"{backend}, {threads} thread{'s' * (threads > 1)}":
-                            run_worker(engine, arch, arch_dir, args.workload, threads,
-                                       {"CT2_USE_MKL": "1" if backend == "mkl" else "0"})
-                            for backend, threads in CT2_SETTINGS}
-                results[arch][engine] = best_variant(variants)
-            elif engine.startswith("onnxruntime-"):
-                variants = {f"{streams} stream{'s' * (streams > 1)} x {threads} thread{'s' * (threads > 1)}":
-                            run_worker(engine, arch, arch_dir, args.workload, threads, streams=streams)
-                            for streams, threads in ORT_SETTINGS}
-                results[arch][engine] = best_variant(variants)
-            else:
-                results[arch][engine] = run_worker(engine, arch, arch_dir, args.workload)
+        results[arch] = time_arch(arch, arch_dir, engines, args.workload, workload, args.device)
     ratios(results)
     report = {"workload": str(args.workload), "workload_version": workload["version"], "machine": machine(args.device),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}

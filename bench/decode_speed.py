@@ -341,12 +341,13 @@ def time_interleaved(workers: dict[str, Worker], workload: dict) -> dict[str, di
             return None
 
     for mode in workload["modes"]:
-        print(f"  {mode['name']}: {len(live)} workers taking turns", file=sys.stderr, flush=True)
+        print(f"  {mode['name']}: warming up {len(live)} workers", file=sys.stderr, flush=True)
         for name in list(live):
             one_pass(name, mode, warmup=True)
         times: dict[str, list[float]] = {name: [] for name in live}
         flags: dict[str, list[float]] = {name: [] for name in live}
         for rep in range(workload["timing"]["timed_reps"]):
+            print(f"  {mode['name']}: round {rep + 1} of {workload['timing']['timed_reps']}", file=sys.stderr, flush=True)
             names = list(live)
             for name in names[rep % len(names):] + names[: rep % len(names)] if names else []:
                 for _ in range(3):

@@ -176,6 +176,14 @@ class OnnxGraphs:
         """The execution provider that actually runs the graphs."""
         return self.decoder.get_providers()[0]
 
+    @property
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        """Every session these graphs hold so far: "encoder", "decoder", and each cache operation
+        built on first use ("append 2": appending to 2 tensors)."""
+        with self._cache_ops_lock:
+            ops = {f"{kind} {count}": session for (kind, count), session in self._cache_ops.items()}
+        return {"encoder": self.encoder, "decoder": self.decoder, **ops}
+
     def _run(self, session: ort.InferenceSession, feeds: dict[str, Tensor], host: list[str],
              cache: list[str]) -> list[Tensor]:
         """Run a graph: the `host` outputs come back as numpy arrays, the `cache` outputs stay

@@ -175,13 +175,20 @@ def measure_mode(decode: Callable[[list[list[int]], int, int], None], sources: l
     timed_pass(mode_pass(decode, sources[: workload["timing"]["warmup_sentences"]], mode, workload))
     times, flags = [], []
     for _ in range(workload["timing"]["timed_reps"]):
-        for _ in range(3):
-            seconds, others = timed_pass(mode_pass(decode, sources[: mode["sentences"]], mode, workload))
-            if others <= DISTURBED_CORE_SHARE:
-                break
+        seconds, others = undisturbed(lambda: timed_pass(mode_pass(decode, sources[: mode["sentences"]], mode, workload)))
         times.append(seconds)
         flags.append(round(others, 2))
     return figures(times, flags, mode, workload)
+
+
+def undisturbed(run: Callable[[], tuple[float, float] | None]) -> tuple[float, float] | None:
+    """A timed pass (seconds, other processes' cores), run again, up to 3 times in all, while
+    others disturbed it; None if `run` gave none."""
+    for _ in range(3):
+        result = run()
+        if result is None or result[1] <= DISTURBED_CORE_SHARE:
+            break
+    return result
 
 
 def peak_rss_mb() -> float:
@@ -276,7 +283,7 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- the report -----------------------------------------------------------------------------
 class WorkerFailed(RuntimeError):
-    pass
+    """A worker process exited instead of answering; the message is the end of its stderr."""
 
 
 class Worker:
@@ -291,12 +298,18 @@ class Worker:
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, env={**os.environ, **(env or {})})
-        self.error: list[str] | None = None
-        self._answer()
+        try:
+            self._answer()
+        except WorkerFailed:
+            self.log.close()
+            raise
 
     def ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has exited: _answer reads why
         return self._answer()
 
     def _answer(self) -> dict:
@@ -330,10 +343,13 @@ def time_interleaved(workers: dict[str, Worker], workload: dict) -> dict[str, di
     results: dict[str, dict] = {name: {} for name in workers}
     live = dict(workers)
 
-    def one_pass(name: str, mode: dict, warmup: bool) -> dict | None:
+    def one_pass(name: str, mode: dict, warmup: bool) -> tuple[float, float] | None:
+        if name not in live:
+            return None
         try:
             time.sleep(SETTLE_SECONDS)  # idle workers' threads stop spinning before the next pass
-            return live[name].ask({"mode": mode["name"], "warmup": warmup})
+            answer = live[name].ask({"mode": mode["name"], "warmup": warmup})
+            return answer["seconds"], answer["others"]
         except WorkerFailed as e:
             print(f"  {name} failed: {e}", file=sys.stderr)
             results[name] = {"error": str(e).splitlines()[-1:]}
@@ -350,13 +366,10 @@ def time_interleaved(workers: dict[str, Worker], workload: dict) -> dict[str, di
             print(f"  {mode['name']}: round {rep + 1} of {workload['timing']['timed_reps']}", file=sys.stderr, flush=True)
             names = list(live)
             for name in names[rep % len(names):] + names[: rep % len(names)] if names else []:
-                for _ in range(3):
-                    answer = one_pass(name, mode, warmup=False) if name in live else None
-                    if answer is None or answer["others"] <= DISTURBED_CORE_SHARE:
-                        break
-                if answer is not None:
-                    times[name].append(answer["seconds"])
-                    flags[name].append(round(answer["others"], 2))
+                timed = undisturbed(lambda: one_pass(name, mode, warmup=False))
+                if timed is not None:
+                    times[name].append(timed[0])
+                    flags[name].append(round(timed[1], 2))
         for name in live:
             results[name][mode["name"]] = figures(times[name], flags[name], mode, workload)
     for name, w in live.items():

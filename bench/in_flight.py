@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 from model.search import DecodeOptions, Hypothesis
 from model.tsv import read_tsv
 from server.runtime import SessionConfig, Translator, versions
+
+from decode_speed import machine  # bench/ is the script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {row['identical']} of {row['sentences']} the same alone and among {row['among']}",
                   file=sys.stderr)
     result = {"model": str(version_dir), "precision": translator.manifest.precision, "provider": translator.provider,
-              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+              "machine": machine(args.device),
               "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "in_flight": rows, "batch1": batch1,
               "independence": same}
     args.output.parent.mkdir(parents=True, exist_ok=True)

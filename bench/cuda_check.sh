@@ -10,20 +10,23 @@
 #    unset) and fp32: generated tokens/s of real sentences with 1,024 and 4,096 in flight, greedy
 #    and beam 4, ms per token one sentence at a time, and the share of 200 sentences translated
 #    the same alone and among others;
-# 3. the service on the GPU at 256 concurrent clients against the runtime in-process
+# 3. the decoder step at fixed shapes with its inputs and outputs bound once, plainly and captured
+#    as a CUDA graph, for buckets of 1 to 1,024 rows (bench/step_graph.py; fp16 and fp32): each
+#    checked against the runtime's step, then timed: what the engine's CUDA-graph design gains;
+# 4. the service on the GPU at 256 concurrent clients against the runtime in-process
 #    (bench/grpc_speed.py --device; the committed fp32 version, whose CPU-recorded probes pass
 #    the server's gate there);
-# 4. tests/test_runtime.py on CUDA: greedy and beam equal the PyTorch reference, with the cache
+# 5. tests/test_runtime.py on CUDA: greedy and beam equal the PyTorch reference, with the cache
 #    kept on the GPU (I/O binding) and copied through host memory;
-# 5. the committed default model on CUDA passes the reload gate (its CPU-recorded probes replay
+# 6. the committed default model on CUDA passes the reload gate (its CPU-recorded probes replay
 #    token for token), and its held-out translations on CUDA against those on the CPU;
-# 6. rosetta-serve --device cuda answers a translation and reports CUDAExecutionProvider;
-# 7. bench/decode_speed.py --device cuda: the PyTorch reference and our runtime on the GPU
+# 7. rosetta-serve --device cuda answers a translation and reports CUDAExecutionProvider;
+# 8. bench/decode_speed.py --device cuda: the PyTorch reference and our runtime on the GPU
 #    (BENCH_ARGS, default the small architecture: the workload's exports take minutes).
 # The goals come first: a lease is 15 minutes, carrying onnxruntime-gpu there takes a few.
 # Each step reports and the script goes on; it exits non-zero if any step failed.
 # DEVICE=cpu runs the same steps on the CPU, smaller: a dry run of the script without a GPU.
-# BENCH=0 leaves out steps 2, 3 and 7 (minutes), for a quick check of a new model or runtime change.
+# BENCH=0 leaves out steps 2, 3, 4 and 8 (minutes), for a quick check of a new model or runtime change.
 set -u
 RESULTS=${1:-bench/results/cuda}
 PY=${PYTHON:-python3}
@@ -45,9 +48,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 if [ "$DEVICE" = cuda ]; then
   SCALE=(--sentences 4096 --in-flight 1024 4096 --batch1-sentences 64 --independence 200)
+  BUCKETS=(--rows 1 32 256 1024 --beams 1 4)
   SERVICE=(--clients 256 --batch 1024 --texts 1897)
 else
   SCALE=(--sentences 64 --in-flight 32 --batch1-sentences 8 --independence 20)
+  BUCKETS=(--rows 1 32 --beams 1 4)
   SERVICE=(--clients 8 --batch 32 --texts 64)
 fi
 if [ "${BENCH:-1}" != 0 ]; then
@@ -58,6 +63,13 @@ if [ "${BENCH:-1}" != 0 ]; then
     precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
     check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
       --output "$RESULTS/in_flight-$precision.json"
+  done
+
+  step "the decoder step bound at fixed shapes on $DEVICE (a CUDA graph where the provider is CUDA)"
+  for version in $FP16 "$MODEL"; do
+    precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
+    check "$PY" bench/step_graph.py --device "$DEVICE" --model "$version" "${BUCKETS[@]}" \
+      --output "$RESULTS/step_graph-$precision.json"
   done
 
   step "the service on $DEVICE against in-process"

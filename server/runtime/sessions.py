@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -150,18 +151,30 @@ def session_options(config: SessionConfig, *, step: bool = False) -> ort.Session
 
 
 def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bool = False,
-                   arena: bool = True) -> ort.InferenceSession:
+                   arena: bool = True, dimensions: Mapping[str, int] | None = None,
+                   cuda_graph: bool = False) -> ort.InferenceSession:
     """A session for one graph (a file, or a serialized model) on the configured device; `step`:
     the decoder step's (SessionConfig.spinning); `arena`: ONNX Runtime's CPU memory arena, which
     keeps the largest call's intermediates for the session's life.
+
+    dimensions: symbolic dimensions of the graph's inputs fixed to sizes (ONNX Runtime's
+    free-dimension overrides), so that its shape computations fold to constants: a CUDA graph
+    needs every node on the GPU. cuda_graph: the CUDA provider captures a run as a CUDA graph
+    and replays it (its inputs and outputs bound once through I/O binding, their shapes
+    fixed); only on CUDA.
 
     With device "cuda", a GPU that the provider library found but could not use is an error
     too: the session would otherwise run on the CPU without saying so.
     """
     providers = providers_for(config.device)
-    provider_options = [_CUDA_OPTIONS if p == CUDA else {} for p in providers]
+    if cuda_graph and providers[0] != CUDA:
+        raise ValueError(f"a CUDA graph needs the CUDA provider; device {config.device!r} runs on {providers[0]}")
+    cuda_options = {**_CUDA_OPTIONS, "enable_cuda_graph": "1"} if cuda_graph else _CUDA_OPTIONS
+    provider_options = [cuda_options if p == CUDA else {} for p in providers]
     options = session_options(config, step=step)
     options.enable_cpu_mem_arena = arena
+    for name, size in (dimensions or {}).items():
+        options.add_free_dimension_override_by_name(name, size)
     session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                    providers=providers, provider_options=provider_options)
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:

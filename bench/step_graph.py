@@ -1,0 +1,203 @@
+"""The decoder step at fixed shapes, its inputs and outputs bound once: what one step costs per
+bucket of rows, run plainly and captured as a CUDA graph. The first measurement of the engine
+issue's GPU design (a preallocated cache, I/O binding, one captured graph per bucket).
+
+    python bench/step_graph.py --device cuda --rows 1 32 256 1024 --beams 1 4
+    .venv/bin/python bench/step_graph.py --rows 1 32        # CPU: the same binding, no capture
+
+A bucket is one session whose symbolic dimensions (batch, sources, source_len, capacity,
+query_group, candidates) are fixed (`create_session(dimensions=...)`), so that its shape
+computations fold to constants and every node can stay on the GPU, which capture requires.
+Its inputs are device values made once and changed in place between steps
+(`OrtValue.update_inplace`), its outputs device values made once. Each setting is checked
+before it is timed: its best tokens equal `OnnxGraphs.step`'s on the same inputs (the runtime's
+step as it runs today), and after the tokens change in place it answers for the new tokens (a
+captured graph replaying what it recorded would not). Reported per bucket and setting: ms per
+step (each step waits for its outputs, as a decode loop does), generated tokens/s (one token per
+row a step), or why the setting could not run (a failed capture names its cause).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server.runtime import CUDA, OnnxGraphs, SessionConfig, create_session, versions
+from server.runtime.graph_io import candidates_for, cache_names, own_sources, query_width
+
+ROOT = Path(__file__).resolve().parent.parent
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def bucket_inputs(graphs: OnnxGraphs, rows: int, beams: int, capacity: int, source_length: int,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A step's inputs for `rows` rows, `beams` to a sentence: real encoder outputs of random
+    sources, a random cache with `capacity` columns of which each row uses half."""
+    c, sources = graphs.config, rows // beams
+    source = rng.integers(4, c.vocab_size, (sources, source_length))
+    source[:, -1] = c.eos_id
+    cross_keys, cross_values = graphs.encode(source)
+    width = query_width(beams)
+    grid = np.zeros((sources, width), np.int64)
+    grid[:, :beams] = np.arange(rows).reshape(sources, beams)
+    slots = np.stack([np.arange(rows) // beams, np.arange(rows) % beams], axis=1)
+    query_grid, query_slots = own_sources(rows) if beams == 1 else (grid, slots)
+    cache = [rng.standard_normal((rows, c.heads, capacity, c.head_dim)).astype(graphs.dtype)
+             for _ in range(2 * c.decoder_layers)]
+    feeds = {"tokens": rng.integers(4, c.vocab_size, (rows, 1)), "positions": np.full(rows, capacity // 2),
+             "source_mask": source != c.pad_id, "eos_allowed": np.ones(rows, bool),
+             "candidates": np.zeros(candidates_for(beams), np.int64), "query_grid": query_grid,
+             "query_slots": query_slots}
+    # With the cache on the device (SessionConfig.device_cache) the encoder's outputs are device values.
+    host = [t.numpy() if isinstance(t, ort.OrtValue) else t for t in (*cross_keys, *cross_values)]
+    feeds.update(zip(cache_names("cross", c.decoder_layers), host))
+    feeds.update(zip(cache_names("cache", c.decoder_layers), cache))
+    return feeds
+
+
+def dimensions(feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """The step graph's symbolic dimensions (server/runtime/graph_io.py) at these inputs' sizes."""
+    rows, _, capacity, _ = feeds["cache_key_0"].shape
+    sources, source_length = feeds["source_mask"].shape
+    return {"batch": rows, "capacity": capacity, "sources": sources, "source_len": source_length,
+            "query_group": feeds["query_grid"].shape[1], "candidates": len(feeds["candidates"])}
+
+
+class BoundStep:
+    """A bucket's step session with its inputs and outputs bound once on the device."""
+
+    def __init__(self, graphs: OnnxGraphs, feeds: dict[str, np.ndarray], *, cuda_graph: bool) -> None:
+        config = graphs.session_config
+        self.session = create_session(graphs.dir / graphs.manifest.graphs["decoder"], config, step=True,
+                                      dimensions=dimensions(feeds), cuda_graph=cuda_graph)
+        device = ("cuda", 0) if self.session.get_providers()[0] == CUDA else ("cpu", 0)
+        self.inputs = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), *device)
+                       for name, value in feeds.items()}
+        rows, k = len(feeds["tokens"]), len(feeds["candidates"])
+        _, heads, _, head_dim = feeds["cache_key_0"].shape
+        types = {o.name: _NUMPY_TYPES[o.type] for o in self.session.get_outputs()}
+        shapes = {"top_log_probs": (rows, k), "top_ids": (rows, k)}
+        shapes.update((name, (rows, heads, 1, head_dim)) for name in cache_names("new", graphs.config.decoder_layers))
+        self.outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shape, types[name], *device)
+                        for name, shape in shapes.items()}
+        self.binding = self.session.io_binding()
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
+        for name, value in self.outputs.items():
+            self.binding.bind_ortvalue_output(name, value)
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+
+    def update(self, name: str, value: np.ndarray) -> None:
+        """Change an input in place: the bound buffer keeps its address."""
+        self.inputs[name].update_inplace(np.ascontiguousarray(value))
+
+    def top_ids(self) -> np.ndarray:
+        return self.outputs["top_ids"].numpy()
+
+
+def reference_top_ids(graphs: OnnxGraphs, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The runtime's step (OnnxGraphs.step, dynamic shapes) on the same inputs."""
+    layers = graphs.config.decoder_layers
+    cross = [feeds[n] for n in cache_names("cross", layers)]
+    cache = [feeds[n] for n in cache_names("cache", layers)]
+    out = graphs.step(feeds["tokens"], feeds["positions"], feeds["eos_allowed"], cross[:layers], cross[layers:],
+                      feeds["source_mask"], cache[:layers], cache[layers:], candidates=len(feeds["candidates"]),
+                      query=(feeds["query_grid"], feeds["query_slots"]))
+    return out.top_ids
+
+
+def check(step: BoundStep, graphs: OnnxGraphs, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """The bound step answers as the runtime's step does, before and after an in-place change
+    of its tokens; raises AssertionError where it does not."""
+    for round_ in range(2):
+        for _ in range(3):  # a CUDA graph is captured within the first runs
+            step.run()
+        expected = reference_top_ids(graphs, feeds)
+        if not np.array_equal(step.top_ids()[:, 0], expected[:, 0]):
+            differ = int((step.top_ids()[:, 0] != expected[:, 0]).sum())
+            raise AssertionError(f"{'after the tokens changed in place, ' if round_ else ''}{differ} of "
+                                 f"{len(expected)} rows' best tokens differ from the runtime's step")
+        feeds["tokens"] = rng.integers(4, graphs.config.vocab_size, feeds["tokens"].shape)
+        step.update("tokens", feeds["tokens"])
+
+
+def seconds_per_step(run: Callable[[], None], seconds: float = 0.6) -> float:
+    """Best of three timings of as many runs as fit in about `seconds`, after warm-up runs."""
+    for _ in range(3):
+        run()
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds / 4:
+        run()
+        calls += 1
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(calls):
+            run()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best
+
+
+def measure(graphs: OnnxGraphs, rows: int, beams: int, capacity: int, source_length: int, *,
+            cuda_graph: bool) -> dict:
+    """One bucket in one setting: checked, then timed; or the reason it could not run."""
+    rng = np.random.default_rng(rows * 10 + beams)
+    feeds = bucket_inputs(graphs, rows, beams, capacity, source_length, rng)
+    figure = {"rows": rows, "beams": beams, "capacity": capacity, "source_length": source_length,
+              "setting": "cuda graph" if cuda_graph else "bound"}
+    try:
+        step = BoundStep(graphs, feeds, cuda_graph=cuda_graph)
+        check(step, graphs, feeds, rng)
+    except (AssertionError, RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+        return {**figure, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+    seconds = seconds_per_step(step.run)
+    return {**figure, "ms_per_step": seconds * 1e3, "tokens_per_s": rows / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a model version directory (default: the newest en-es version)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 256])
+    parser.add_argument("--beams", type=int, nargs="+", default=[1])
+    parser.add_argument("--capacity", type=int, default=64, help="cache columns (each row uses half)")
+    parser.add_argument("--source-length", type=int, default=32)
+    parser.add_argument("--output", type=Path, help="also write the figures here as JSON")
+    args = parser.parse_args(argv)
+
+    model = args.model or ROOT / "models" / "en-es" / str(versions(ROOT / "models" / "en-es")[-1])
+    graphs = OnnxGraphs(model, SessionConfig(device=args.device, streams=1))
+    settings = [False, True] if graphs.provider == CUDA else [False]
+    figures = []
+    print(f"{model}, {graphs.provider}, {np.dtype(graphs.dtype).name}, capacity {args.capacity}, "
+          f"source length {args.source_length}")
+    print("| rows | beams | setting | ms a step | tokens/s |\n|---|---|---|---|---|")
+    for rows in args.rows:
+        for beams in args.beams:
+            if rows % beams:
+                continue
+            for cuda_graph in settings:
+                f = measure(graphs, rows, beams, args.capacity, args.source_length, cuda_graph=cuda_graph)
+                figures.append(f)
+                cells = [f"{f['ms_per_step']:.3f}", f"{f['tokens_per_s']:,.0f}"] if "error" not in f \
+                    else [f"not run: {f['error']}", ""]
+                print(f"| {rows} | {beams} | {f['setting']} | " + " | ".join(cells) + " |", flush=True)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"model": str(model), "provider": graphs.provider,
+                                           "dtype": np.dtype(graphs.dtype).name, "figures": figures}, indent=2) + "\n")
+    failed = [f for f in figures if "error" in f and f["setting"] == "bound"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,9 +10,10 @@
 #    unset) and fp32: generated tokens/s of real sentences with 1,024 and 4,096 in flight, greedy
 #    and beam 4, ms per token one sentence at a time, and the share of 200 sentences translated
 #    the same alone and among others;
-# 3. the decoder step at fixed shapes with its inputs and outputs bound once, plainly and captured
-#    as a CUDA graph, for buckets of 1 to 1,024 rows (bench/step_graph.py; fp16 and fp32): each
-#    checked against the runtime's step, then timed: what the engine's CUDA-graph design gains;
+# 3. a decode loop's token at fixed shapes (the decoder step and the in-place cache append, inputs
+#    and outputs bound once), plainly and captured as CUDA graphs, for buckets of 1 to 1,024 rows
+#    (bench/step_graph.py; fp16 and fp32): each checked against the runtime's step, then timed:
+#    what the engine's CUDA-graph design gains;
 # 4. the service on the GPU at 256 concurrent clients against the runtime in-process
 #    (bench/grpc_speed.py --device; the committed fp32 version, whose CPU-recorded probes pass
 #    the server's gate there);
@@ -65,7 +66,7 @@ if [ "${BENCH:-1}" != 0 ]; then
       --output "$RESULTS/in_flight-$precision.json"
   done
 
-  step "the decoder step bound at fixed shapes on $DEVICE (a CUDA graph where the provider is CUDA)"
+  step "a token's graphs bound at fixed shapes on $DEVICE (CUDA graphs where the provider is CUDA)"
   for version in $FP16 "$MODEL"; do
     precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
     check "$PY" bench/step_graph.py --device "$DEVICE" --model "$version" "${BUCKETS[@]}" \

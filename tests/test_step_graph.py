@@ -1,7 +1,8 @@
 """bench/step_graph.py, the first piece of the engine's CUDA-graph design: a decoder step whose
 shapes are fixed and whose inputs and outputs are bound once computes what the runtime's step
-computes, and reads its inputs where they are changed in place. Checked here on the CPU; the GPU
-check script (bench/cuda_check.sh) runs the same checks with the step captured as a CUDA graph."""
+computes, reads its inputs where they are changed in place, and with the cache append bound the
+same way decodes on as the runtime would. Checked here on the CPU; the GPU check script
+(bench/cuda_check.sh) runs the same checks with both graphs captured as CUDA graphs."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def test_the_check_catches_a_step_that_does_not_read_its_changed_inputs(graphs):
         check(step, graphs, feeds, rng)
 
 
+def test_the_check_catches_an_append_that_does_not_write_the_cache(graphs):
+    rng = np.random.default_rng(1)
+    feeds = bucket_inputs(graphs, 4, 1, capacity=16, source_length=9, rng=rng)
+    step = BoundStep(graphs, feeds, cuda_graph=False)
+    step.append = lambda: None
+    with pytest.raises(AssertionError, match="the append did not write"):
+        check(step, graphs, feeds, rng)
+
+
 def test_a_cuda_graph_is_refused_where_the_step_does_not_run_on_cuda(graphs):
     with pytest.raises(ValueError, match="needs the CUDA provider"):
         create_session(graphs.dir / graphs.manifest.graphs["decoder"], SessionConfig(device="cpu"), cuda_graph=True)
@@ -47,4 +57,5 @@ def test_a_cuda_graph_is_refused_where_the_step_does_not_run_on_cuda(graphs):
 def test_a_bucket_is_timed_after_its_check(graphs):
     figure = measure(graphs, 4, 1, 16, 9, cuda_graph=False)
     assert "error" not in figure, figure
-    assert figure["ms_per_step"] > 0 and figure["tokens_per_s"] == pytest.approx(4 / figure["ms_per_step"] * 1e3)
+    assert figure["ms_per_step"] > 0 and figure["ms_per_token"] > 0
+    assert figure["tokens_per_s"] == pytest.approx(4 / figure["ms_per_token"] * 1e3)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from server.runtime import CUDA, OnnxGraphs, SessionConfig, create_session, versions
 from server.runtime.graph_io import candidates_for, cache_names, own_sources, query_width
@@ -39,6 +40,12 @@ from server.runtime.graphs import append_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+# What ONNX Runtime raises when a session cannot be made or run (a capture that fails among them):
+# its own exception classes, none of them a RuntimeError.
+_ORT_ERRORS = tuple(getattr(ort_errors, name) for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel",
+                                                           "EngineError", "RuntimeException", "InvalidProtobuf",
+                                                           "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+                    if hasattr(ort_errors, name))
 
 
 def bucket_inputs(graphs: OnnxGraphs, rows: int, beams: int, capacity: int, source_length: int,
@@ -211,7 +218,7 @@ def measure(graphs: OnnxGraphs, rows: int, beams: int, capacity: int, source_len
     try:
         step = BoundStep(graphs, feeds, cuda_graph=cuda_graph)
         check(step, graphs, feeds, rng)
-    except (AssertionError, RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+    except (AssertionError, RuntimeError, ValueError, *_ORT_ERRORS) as e:
         return {**figure, "error": f"{type(e).__name__}: {str(e)[:400]}"}
     tokens, start = feeds["tokens"], capacity // 2
     turns = iter(range(1 << 62))

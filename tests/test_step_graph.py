@@ -59,3 +59,9 @@ def test_a_bucket_is_timed_after_its_check(graphs):
     assert "error" not in figure, figure
     assert figure["ms_per_step"] > 0 and figure["ms_per_token"] > 0
     assert figure["tokens_per_s"] == pytest.approx(4 / figure["ms_per_token"] * 1e3)
+
+
+def test_a_setting_that_cannot_run_is_reported_with_its_cause_not_raised(graphs):
+    figure = measure(graphs, 2, 1, 16, 9, cuda_graph=True)  # no CUDA provider here
+    assert figure["setting"] == "cuda graph" and "needs the CUDA provider" in figure["error"]
+    assert "ms_per_step" not in figure

@@ -9,7 +9,8 @@
 #    fp16 (FP16_REPO: a repository holding it, as bench/gpu_carry.sh unpacks one; left out when
 #    unset) and fp32: generated tokens/s of real sentences with 1,024 and 4,096 in flight, greedy
 #    and beam 4, ms per token one sentence at a time, and the share of 200 sentences translated
-#    the same alone and among others;
+#    the same alone and among others; first with the engine on a static cache (StaticEngine: CUDA
+#    graphs), then, fp16 only, with the resizing engine;
 # 3. a decode loop's token at fixed shapes (the decoder step and the in-place cache append, inputs
 #    and outputs bound once), plainly and captured as CUDA graphs, for buckets of 1 to 1,024 rows
 #    (bench/step_graph.py; fp16 and fp32): each checked against the runtime's step, then timed:
@@ -62,6 +63,10 @@ if [ "${BENCH:-1}" != 0 ]; then
   [ -n "$FP16" ] || echo "fp16: left out (FP16_REPO unset)"
   for version in $FP16 "$MODEL"; do
     precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
+    # The engine on a static cache (CUDA graphs) first: the design the GPU goals rest on.
+    check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
+      --static-cache --output "$RESULTS/in_flight-$precision-static.json"
+    [ "$version" = "$MODEL" ] && continue  # the resizing engine: fp16 only (a lease returns 8 files)
     check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
       --output "$RESULTS/in_flight-$precision.json"
   done

@@ -5,6 +5,7 @@ on the CPU the same command, smaller, is its dry run.
 
     .venv/bin/python bench/in_flight.py                                  # CPU, small
     python bench/in_flight.py --device cuda --model /tmp/fp16/en-es/1 --in-flight 1024 4096
+    python bench/in_flight.py --device cuda --model /tmp/fp16/en-es/1 --in-flight 1024 --static-cache
 
 The sentences are the test split's sources (`make data` writes it), encoded once, repeated
 when more are asked for than it holds. Each run translates them through `translate_ids`, the
@@ -91,17 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch1-sentences", type=int, default=32)
     parser.add_argument("--independence", type=int, default=200, help="sentences checked alone against joined (0: none)")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="the engine on caches allocated once, steps on fixed shapes (CUDA graphs on CUDA)")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "in_flight-latest.json")
     args = parser.parse_args(argv)
     if not args.test.exists():
         parser.error(f"{args.test} is missing: run `make data` first")
 
     version_dir = args.model or ROOT / "models" / "en-es" / str(versions(ROOT / "models" / "en-es")[-1])
-    translator = Translator(version_dir, SessionConfig(device=args.device))
+    translator = Translator(version_dir, SessionConfig(device=args.device, static_cache=args.static_cache))
     pairs, _ = read_tsv(args.test, strict=True)
     encoded = translator.encode([source for source, _ in pairs])
     ids = [encoded[i % len(encoded)] for i in range(max(args.sentences, args.independence * 2))]
-    print(f"{version_dir} ({translator.manifest.precision}) on {translator.provider}", file=sys.stderr)
+    engine = "static cache" if args.static_cache else "resizing cache"
+    print(f"{version_dir} ({translator.manifest.precision}) on {translator.provider}, {engine}", file=sys.stderr)
 
     rows = []
     for beam in args.beams:
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {row['identical']} of {row['sentences']} the same alone and among {row['among']}",
                   file=sys.stderr)
     result = {"model": str(version_dir), "precision": translator.manifest.precision, "provider": translator.provider,
+              "static_cache": args.static_cache,
               "machine": machine(args.device),
               "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "in_flight": rows, "batch1": batch1,
               "independence": same}

@@ -108,13 +108,10 @@ def test_a_sentence_joining_a_running_batch_starts_at_once_and_leaves_first(tiny
         assert same(collected.results[i], alone(tiny.graphs, ids[i], options))
 
 
-def test_continuous_admission_of_many_sentences_with_mixed_options_changes_no_translation(tiny):
-    """Sentences join a few at a time at random steps, up to 24 rows in flight."""
-    rng = np.random.default_rng(7)
-    texts = [s for s, _ in tiny_pairs()] * 3
-    ids = tiny.encode(texts)
-    options = [MIXED[i % len(MIXED)] for i in range(len(ids))]
-    engine, collected = Engine(tiny.graphs, max_rows=24), Collected()
+def admit_at_random(engine: Engine, collected: Collected, ids, options: list[DecodeOptions], seed: int) -> None:
+    """Step `engine` until every sentence is done, 0 to 2 of them joining at each step while
+    they fit."""
+    rng = np.random.default_rng(seed)
     waiting = list(range(len(ids)))
     while waiting or engine.live:
         joining = []
@@ -123,6 +120,15 @@ def test_continuous_admission_of_many_sentences_with_mixed_options_changes_no_tr
                 i = waiting.pop(0)
                 joining.append(collected.sentence(i, ids[i], options[i]))
         engine.step(joining)
+
+
+def test_continuous_admission_of_many_sentences_with_mixed_options_changes_no_translation(tiny):
+    """Sentences join a few at a time at random steps, up to 24 rows in flight."""
+    texts = [s for s, _ in tiny_pairs()] * 3
+    ids = tiny.encode(texts)
+    options = [MIXED[i % len(MIXED)] for i in range(len(ids))]
+    engine, collected = Engine(tiny.graphs, max_rows=24), Collected()
+    admit_at_random(engine, collected, ids, options, seed=7)
     for i in range(len(ids)):
         assert same(collected.results[i], alone(tiny.graphs, ids[i], options[i])), texts[i]
 

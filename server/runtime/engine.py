@@ -37,6 +37,7 @@ from model.search import MAX_BEAM_SIZE, DecodeOptions, Hypothesis, SentenceBeams
 from server.runtime.allocator import map_large_blocks
 from server.runtime.graph_io import QUERY_GROUP, candidates_for, entries_for, query_width
 from server.runtime.graphs import Cache, OnnxGraphs, cache_shape
+from server.runtime.static_cache import Bucket, StaticCache
 
 log = logging.getLogger("rosetta.engine")
 
@@ -183,15 +184,20 @@ class Engine:
         self._arrange(joining)
         if not self.live:
             return
-        eos_allowed = np.zeros(len(self._held), bool)
-        for live in self.live:
-            eos_allowed[live.slots] = live.step >= live.sentence.options.min_length
+        eos_allowed = self._eos_allowed()
         widest = max(live.rows for live in self.live)
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
                                *self._past, candidates=candidates_for(widest), query=self._query_grid(widest))
         self._past = tuple(self.graphs.append(cache, self._positions, new)
                            for cache, new in zip(self._past, (out.keys, out.values)))
         self._advance(out.top_log_probs, out.top_ids)
+
+    def _eos_allowed(self) -> np.ndarray:
+        """Each slot: whether its sentence may end now (its min_length reached)."""
+        allowed = np.zeros(len(self._held), bool)
+        for live in self.live:
+            allowed[live.slots] = live.step >= live.sentence.options.min_length
+        return allowed
 
     def fail(self, error: Exception) -> None:
         """Settle every sentence in flight with `error` and start afresh."""
@@ -362,9 +368,7 @@ class Engine:
         counts = [entries_for(s.rows) for s in joining]
         repeat = np.repeat(np.arange(len(joining)), counts)  # each new entry's sentence
         entries = np.array(free_entries[: len(repeat)], np.int64)
-        encoded = g.encode(source)
-        self._cross = tuple(g.write(cache, entries, g.select(new, repeat)) for cache, new in zip(self._cross, encoded)) \
-            if self._cross[0] else tuple(g.select(new, repeat) for new in encoded)
+        self._write_sources(entries, [g.select(new, repeat) for new in g.encode(source)])
         self._source_mask[entries] = False
         self._source_mask[entries, : source.shape[1]] = (source != c.pad_id)[repeat]
         slots = np.array(free[: sum(s.rows for s in joining)], np.int64)
@@ -379,6 +383,13 @@ class Engine:
             self._held[live.slots] = True
             self._entry_held[live.entries] = True
             self.live.append(live)
+
+    def _write_sources(self, entries: np.ndarray, encoded: list[Cache]) -> None:
+        """Newcomers' cross-attention keys and values (one cache per side, a row per entry) into
+        `entries`."""
+        g = self.graphs
+        self._cross = tuple(g.write(cache, entries, new) for cache, new in zip(self._cross, encoded)) \
+            if self._cross[0] else tuple(encoded)
 
     def _query_grid(self, widest: int) -> tuple[np.ndarray, np.ndarray]:
         """The step's query_grid (entries, width) and query_slots (rows, 2) (graph_io): beam i of
@@ -414,6 +425,80 @@ class Engine:
             for live, s, f in zip(group, scores.tolist(), flat.tolist()):
                 out[id(live)] = (s, f)
         return out
+
+
+class StaticEngine(Engine):
+    """The engine on caches allocated once at their limits (server/runtime/static_cache.py):
+    every slot and entry keeps its address for the engine's life, so each step runs on a
+    bucket's fixed shapes, its inputs and outputs bound once, and on CUDA as two CUDA-graph
+    replays (the step and its append).
+
+    Slots and entries are `max(max_rows, MAX_BEAM_SIZE)`, each max_positions wide; newcomers take
+    the lowest free ones, and a step covers the smallest bucket (1, 4, 16, ... rows) that holds
+    every slot and entry in use. Beams continuing other beams copy whole rows in place. The
+    search, admission and results are the Engine's. Every step reads max_positions columns per
+    row (masked past its position): more than the resizing engine on a CPU, where attention is
+    bound by reading the cache (docs/benchmarks.md); for GPUs.
+    """
+
+    BUCKET_GROWTH = 4
+
+    def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
+        self.cache = StaticCache(graphs, max(max_rows, MAX_BEAM_SIZE))
+        self._buckets: dict[int, Bucket] = {}
+        super().__init__(graphs, max_rows)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache.nbytes
+
+    def step(self, joining: Sequence[Sentence] = ()) -> None:
+        """Admit `joining`, then give every sentence in flight its next token."""
+        self._arrange(joining)
+        if not self.live:
+            return
+        eos_allowed, rows = self._eos_allowed(), self._bucket_rows()
+        grid, slots = self._query_grid(QUERY_GROUP)
+        top_log_probs, top_ids = self._bucket(rows).run({
+            "tokens": self._tokens[:rows], "positions": self._positions[:rows], "eos_allowed": eos_allowed[:rows],
+            "source_mask": self._source_mask[:rows], "query_grid": grid[:rows], "query_slots": slots[:rows]})
+        self._advance(top_log_probs, top_ids)
+
+    def _clear(self) -> None:
+        super()._clear()
+        slots, width = self.cache.slots, self.cache.width
+        self._held, self._entry_held = np.zeros(slots, bool), np.zeros(slots, bool)
+        self._tokens, self._positions = np.zeros((slots, 1), np.int64), np.zeros(slots, np.int64)
+        self._source_mask, self._shared = np.zeros((slots, width), bool), np.zeros(slots, np.int64)
+
+    def _arrange(self, joining: Sequence[Sentence]) -> None:
+        """Beams' rows copied in place; newcomers into the lowest free slots and entries."""
+        if self._origins is not None:
+            moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
+            self.cache.copy_rows(moved, self._origins[moved])
+            self._origins = None
+        if joining:
+            free = np.flatnonzero(~self._held)[: sum(s.rows for s in joining)].tolist()
+            free_entries = np.flatnonzero(~self._entry_held)[: sum(entries_for(s.rows) for s in joining)].tolist()
+            self._grid = None
+            self._admit(joining, free, free_entries)
+
+    def _write_sources(self, entries: np.ndarray, encoded: list[Cache]) -> None:
+        keys, values = encoded
+        self.cache.place(entries, keys, values)
+
+    def _bucket_rows(self) -> int:
+        """The smallest bucket holding every slot and entry in use."""
+        used = 1 + max(int(np.flatnonzero(self._held).max()), int(np.flatnonzero(self._entry_held).max()))
+        rows = 1
+        while rows < used:
+            rows *= self.BUCKET_GROWTH
+        return min(rows, self.cache.slots)
+
+    def _bucket(self, rows: int) -> Bucket:
+        if rows not in self._buckets:
+            self._buckets[rows] = Bucket(self.cache, rows)
+        return self._buckets[rows]
 
 
 def _sparse(held: np.ndarray, wanted: int) -> bool:
@@ -478,7 +563,8 @@ class Scheduler:
 
     def __init__(self, graphs: OnnxGraphs, *, max_rows: int, streams: int | None = None) -> None:
         streams = max(1, min(streams or graphs.streams, max_rows))
-        self.engines = [Engine(graphs, -(-max_rows // streams)) for _ in range(streams)]
+        kind = StaticEngine if graphs.session_config.static_cache else Engine
+        self.engines = [kind(graphs, -(-max_rows // streams)) for _ in range(streams)]
         self._waiting: list[tuple[float, int, Sentence]] = []  # a heap
         self._order = itertools.count()  # equal priorities keep their arrival order
         self._changed = threading.Condition()

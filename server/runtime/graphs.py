@@ -120,6 +120,55 @@ def append_graph(count: int, dtype: np.dtype) -> bytes:
                   [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "append", opset=24)
 
 
+def place_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `rows` (N, 1) int64, `pads` (8,) int64 in ONNX Pad order, `count` tensors
+    x_i (E, H, S, Dh) and as many u_i (N, H, s, Dh): each x_i with its rows `rows` replaced by
+    u_i padded with zeros to S columns. With y_i bound to x_i's buffer it writes in place."""
+    from onnx import TensorProto, helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = []
+    for i in range(count):
+        nodes += [helper.make_node("Pad", [f"u{i}", "pads"], [f"p{i}"]),
+                  helper.make_node("ScatterND", [f"x{i}", "rows", f"p{i}"], [f"y{i}"])]
+    return _graph(nodes,
+                  [helper.make_tensor_value_info("rows", TensorProto.INT64, ["n", 1]),
+                   helper.make_tensor_value_info("pads", TensorProto.INT64, [8]),
+                   *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count)),
+                   *(helper.make_tensor_value_info(f"u{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "place")
+
+
+def copy_rows_graph(count: int, dtype: np.dtype) -> bytes:
+    """A graph taking `targets` (N, 1) int64, `sources` (N,) int64 and `count` tensors x_i: each
+    x_i with rows `targets` replaced by rows `sources` as they were before any moved (the
+    Gather copies them out first). With y_i bound to x_i's buffer it writes in place."""
+    from onnx import TensorProto, helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = []
+    for i in range(count):
+        nodes += [helper.make_node("Gather", [f"x{i}", "sources"], [f"g{i}"], axis=0),
+                  helper.make_node("ScatterND", [f"x{i}", "targets", f"g{i}"], [f"y{i}"])]
+    return _graph(nodes,
+                  [helper.make_tensor_value_info("targets", TensorProto.INT64, ["n", 1]),
+                   helper.make_tensor_value_info("sources", TensorProto.INT64, ["n"]),
+                   *(helper.make_tensor_value_info(f"x{i}", element, None) for i in range(count))],
+                  [helper.make_tensor_value_info(f"y{i}", element, None) for i in range(count)], "copy_rows")
+
+
+def zeros_graph(dtype: np.dtype) -> bytes:
+    """A graph taking `shape` (4,) int64: a tensor of zeros of that shape, made on the device
+    that runs it (no host array of its size)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return _graph([helper.make_node("ConstantOfShape", ["shape"], ["y"],
+                                    value=numpy_helper.from_array(np.zeros(1, dtype)))],
+                  [helper.make_tensor_value_info("shape", TensorProto.INT64, [4])],
+                  [helper.make_tensor_value_info("y", element, None)], "zeros")
+
+
 def _copy_rows(source: np.ndarray, rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
     """out[i, :, :stop - start] = source[rows[i], :, start:stop], copying each value once: numpy's
     fancy indexing of a column slice would first copy the slice, then the gathered rows (measured:

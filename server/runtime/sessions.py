@@ -65,6 +65,10 @@ class SessionConfig:
         between decoder steps (I/O binding), reordering its rows there too; None = on CUDA only.
         On CUDA this saves copying the whole cache to the host and back at every step; on the
         CPU the cache is already where the graphs read it, and plain arrays cost no more.
+    static_cache: decode on caches allocated once at their limits, each step on a bucket's fixed
+        shapes with its inputs and outputs bound once, and on CUDA each bucket's step and append
+        captured as CUDA graphs (server/runtime/engine.py, StaticEngine). Off by default: not yet
+        measured on a GPU, and on CPUs slower, as every step reads max_positions columns a row.
     """
 
     device: str = "auto"
@@ -75,6 +79,7 @@ class SessionConfig:
     optimization: str = "all"
     device_cache: bool | None = None
     max_rows: int = 0
+    static_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -61,22 +61,25 @@ if [ "${BENCH:-1}" != 0 ]; then
   step "the engine at scale on $DEVICE"
   FP16=${FP16_REPO:+$FP16_REPO/en-es/$(ls "$FP16_REPO/en-es" 2>/dev/null | sort -n | tail -n 1)}
   [ -n "$FP16" ] || echo "fp16: left out (FP16_REPO unset)"
-  for version in $FP16 "$MODEL"; do
-    precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
-    # The engine on a static cache (CUDA graphs) first: the design the GPU goals rest on.
-    check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
-      --static-cache --output "$RESULTS/in_flight-$precision-static.json"
-    [ "$version" = "$MODEL" ] && continue  # the resizing engine: fp16 only (a lease returns 8 files)
-    check "$PY" bench/in_flight.py --device "$DEVICE" --model "$version" "${SCALE[@]}" --beams 1 4 --repeats 1 \
-      --output "$RESULTS/in_flight-$precision.json"
-  done
+  precision() { "$PY" -c "import json; print(json.load(open('$1/manifest.json'))['precision'])"; }
+  at_scale() {  # VERSION OUTPUT-SUFFIX [--static-cache]
+    check "$PY" bench/in_flight.py --device "$DEVICE" --model "$1" "${SCALE[@]}" --beams 1 4 --repeats 1 \
+      "${@:3}" --output "$RESULTS/in_flight-$(precision "$1")$2.json"
+  }
+  # Most telling first, as a lease may end early: the goals on the engine built for them (a
+  # static cache, CUDA graphs) in fp16, then what its captured step costs per bucket, then the
+  # resizing engine in fp16 and the static one in fp32 (a lease returns 8 files).
+  [ -n "$FP16" ] && at_scale "$FP16" -static --static-cache
 
   step "a token's graphs bound at fixed shapes on $DEVICE (CUDA graphs where the provider is CUDA)"
   for version in $FP16 "$MODEL"; do
-    precision=$("$PY" -c "import json; print(json.load(open('$version/manifest.json'))['precision'])")
     check "$PY" bench/step_graph.py --device "$DEVICE" --model "$version" "${BUCKETS[@]}" \
-      --output "$RESULTS/step_graph-$precision.json"
+      --output "$RESULTS/step_graph-$(precision "$version").json"
   done
+
+  step "the engine at scale on $DEVICE: the resizing engine (fp16), the static one (fp32)"
+  [ -n "$FP16" ] && at_scale "$FP16" ""
+  at_scale "$MODEL" -static --static-cache
 
   step "the service on $DEVICE against in-process"
   # The committed version: its probes, recorded on the CPU at fp32, pass the server's gate on CUDA.

@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 from server.runtime.graph_io import MAX_CANDIDATES, QUERY_GROUP, cache_names
-from server.runtime.graphs import OnnxGraphs, Tensor, append_graph, copy_rows_graph, place_graph, zeros_graph
+from server.runtime.graphs import (OnnxGraphs, Tensor, append_graph, cache_shape, copy_rows_graph, place_graph,
+                                   zeros_graph)
 from server.runtime.sessions import CUDA, create_session
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -53,7 +54,7 @@ class StaticCache:
         """Write sources' cross-attention keys and values, (N, H, s, Dh) per layer, into
         `entries`, in place, zero-padded to the full width."""
         new = [*keys, *values]
-        width = new[0].shape[2] if isinstance(new[0], np.ndarray) else new[0].shape()[2]
+        width = cache_shape(new[0])[2]
         binding = self._place.io_binding()
         binding.bind_cpu_input("rows", np.asarray(entries, np.int64).reshape(-1, 1))
         binding.bind_cpu_input("pads", np.array([0, 0, 0, 0, 0, 0, self.width - width, 0], np.int64))

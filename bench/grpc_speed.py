@@ -88,8 +88,10 @@ class InProcess:
     """The runtime called directly through the service's text path, two ways: static batches
     and continuously (the module's docstring)."""
 
-    def __init__(self, version_dir: Path, texts: list[str], *, device: str, threads: int, batch: int) -> None:
-        self.translator = Translator(version_dir, SessionConfig(device=device, intra_op_threads=threads))
+    def __init__(self, version_dir: Path, texts: list[str], *, device: str, threads: int, batch: int,
+                 cache: str = "resizing") -> None:
+        self.translator = Translator(version_dir, SessionConfig(device=device, intra_op_threads=threads,
+                                                                static_cache=cache == "static"))
         self.texts, self.batch = texts, batch
         self.options = DecodeOptions(beam_size=DEFAULT_BEAM_SIZE)
         self.passes: dict[str, Callable[[], None]] = {"static": self._static, "continuous": self._continuous}
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="both sides")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "grpc-latest.json")
     parser.add_argument("--server-args", default="", help="more rosetta-serve flags, e.g. '--streams 1'")
+    parser.add_argument("--cache", choices=("resizing", "static"), default="resizing",
+                        help="both sides' engine: rosetta-serve --cache, SessionConfig.static_cache in-process")
     args = parser.parse_args(argv)
 
     if not args.test.exists():
@@ -255,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.repository / args.model
     version_dir = model_dir / str(versions(model_dir)[-1])
 
-    print(f"{len(texts)} texts, batch {args.batch}, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads",
+    print(f"{len(texts)} texts, batch {args.batch}, beam {DEFAULT_BEAM_SIZE}, {args.threads} threads, "
+          f"{args.cache} cache",
           file=sys.stderr)
-    in_process = InProcess(version_dir, texts, device=args.device, threads=args.threads, batch=args.batch)
-    server = ServerProcess(args.repository, args.threads, args.server_args.split(), args.device)
+    in_process = InProcess(version_dir, texts, device=args.device, threads=args.threads, batch=args.batch,
+                           cache=args.cache)
+    server = ServerProcess(args.repository, args.threads, ["--cache", args.cache, *args.server_args.split()],
+                           args.device)
     try:
         baseline, rows = measure(in_process, server, texts, args.clients, args.repeats)
         memory = server.memory_mb()
@@ -267,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "model": str(version_dir.relative_to(args.repository)), "texts": len(texts), "beam_size": DEFAULT_BEAM_SIZE,
-        "device": args.device, "threads": args.threads, "server_args": args.server_args, "in_process_batch": args.batch,
+        "device": args.device, "threads": args.threads, "cache": args.cache, "server_args": args.server_args,
+        "in_process_batch": args.batch,
         "in_process_static_texts_per_s": baseline["static"],
         "in_process_continuous_texts_per_s": baseline["continuous"],
         "seconds_to_serving": server.seconds_to_serving, **memory, "service": rows,

@@ -37,6 +37,9 @@ class ServerConfig:
     max_rows: int = setting(
         0, "rows (sentences x beams) decoding at once, shared among the streams; sentences join and leave "
         "at every step (0: 128 on the CPU, 4096 on CUDA)")
+    cache: str = setting(
+        "resizing", "resizing (the key/value cache follows the rows in flight) or static (allocated once at "
+        "--max-rows, steps on fixed shapes, CUDA graphs on CUDA; not yet measured on a GPU)")
     max_queue_sentences: int = setting(1024, "sentences waiting at most; beyond, calls get RESOURCE_EXHAUSTED")
     max_text_chars: int = setting(10_000, "characters per text")
     max_batch_texts: int = setting(256, "texts per TranslateBatch call")
@@ -58,6 +61,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
+        if self.cache not in ("resizing", "static"):
+            raise ValueError(f"cache must be resizing or static, got {self.cache!r}")
         for name in ("max_queue_sentences", "max_text_chars",
                      "max_batch_texts", "max_message_bytes"):
             if getattr(self, name) < 1:
@@ -80,7 +85,7 @@ class ServerConfig:
     def session_config(self) -> SessionConfig:
         """How the runtime runs the graphs under these settings."""
         return SessionConfig(device=self.device, streams=self.streams, intra_op_threads=self.threads,
-                             max_rows=self.max_rows)
+                             max_rows=self.max_rows, static_cache=self.cache == "static")
 
     def token(self) -> str:
         """The bearer token required of callers; empty when authentication is off."""

@@ -16,9 +16,16 @@ def test_flags_override_environment_which_overrides_defaults():
     assert config.repository == Path("models") and config.grace_seconds == ServerConfig().grace_seconds
 
 
+def test_the_cache_setting_chooses_the_engine():
+    assert not parse_config([], {}).session_config().static_cache
+    assert parse_config(["--cache", "static"], {}).session_config().static_cache
+    assert parse_config([], {"ROSETTA_CACHE": "static"}).session_config().static_cache
+
+
 @pytest.mark.parametrize("argv, env", [
     (["--port", "70000"], {}),
     (["--device", "gpu"], {}),
+    (["--cache", "dynamic"], {}),
     ([], {"ROSETTA_THREADS": "many"}),
     (["--tls-cert", "cert.pem"], {}),
     (["--metrics-port", "-2"], {}),

@@ -77,8 +77,8 @@ if [ "${BENCH:-1}" != 0 ]; then
       --output "$RESULTS/step_graph-$(precision "$version").json"
   done
 
-  step "the engine at scale on $DEVICE: the resizing engine (fp16), the static one (fp32)"
-  [ -n "$FP16" ] && at_scale "$FP16" ""
+  step "the engine at scale on $DEVICE: the resizing engine (fp16, else fp32), the static one (fp32)"
+  at_scale "${FP16:-$MODEL}" ""
   at_scale "$MODEL" -static --static-cache
 
   step "the service on $DEVICE against in-process"

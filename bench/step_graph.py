@@ -37,9 +37,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from server.runtime import CUDA, OnnxGraphs, SessionConfig, create_session, versions
 from server.runtime.graph_io import candidates_for, cache_names, own_sources, query_width
 from server.runtime.graphs import append_graph
+from server.runtime.static_cache import NUMPY_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 # What ONNX Runtime raises when a session cannot be made or run (a capture that fails among them):
 # its own exception classes, none of them a RuntimeError.
 _ORT_ERRORS = tuple(getattr(ort_errors, name) for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel",
@@ -98,7 +98,7 @@ class BoundStep:
                        for name, value in feeds.items()}
         rows, k = len(feeds["tokens"]), len(feeds["candidates"])
         _, heads, _, head_dim = feeds["cache_key_0"].shape
-        types = {o.name: _NUMPY_TYPES[o.type] for o in self.session.get_outputs()}
+        types = {o.name: NUMPY_TYPES[o.type] for o in self.session.get_outputs()}
         shapes = {"top_log_probs": (rows, k), "top_ids": (rows, k)}
         shapes.update((name, (rows, heads, 1, head_dim)) for name in cache_names("new", layers))
         self.outputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(shape, types[name], *device)
@@ -265,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({"model": str(model), "provider": graphs.provider,
                                            "dtype": np.dtype(graphs.dtype).name, "figures": figures}, indent=2) + "\n")
-    failed = [f for f in figures if "error" in f and f["setting"] == "bound"]
-    return 1 if failed else 0
+    return 1 if any("error" in f for f in figures) else 0  # a capture that fails is a finding, and a failure
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """The engine on caches allocated once (StaticEngine, server/runtime/static_cache.py): what a
 CUDA graph needs, checked on the CPU. It translates as the resizing engine does; a sentence
-translates the same alone and among others joining and leaving at random steps; its buffers
-keep their addresses whatever joins, leaves or forks; each step runs on a bucket of rows; its
-caches hold exactly the bound it reports. (On a GPU, bench/cuda_check.sh runs the captured
-steps; see docs/benchmarks.md.)"""
+translates the same alone and among others joining and leaving at random steps; rows are
+copied and sources placed in place; each step runs on a bucket covering every slot and entry
+in use; its caches hold exactly the bound it reports. (On a GPU, bench/cuda_check.sh runs the
+captured steps and compares the two engines; see docs/benchmarks.md.)"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from model.search import MAX_BEAM_SIZE, DecodeOptions
-from server.runtime import SessionConfig, Translator, translate_ids
+from server.runtime import SessionConfig, Translator, create_session, translate_ids
 from server.runtime.engine import Engine, Scheduler, StaticEngine
+from server.runtime.graphs import cache_shape
+from server.runtime.static_cache import StaticCache
 from tests.builders import tiny_pairs
 from tests.test_engine import MIXED, Collected, admit_at_random, alone, same
 
@@ -40,20 +43,63 @@ def test_it_translates_as_the_resizing_engine(tiny, tiny_static, options):
     assert all(same(a, b) for a, b in zip(resizing, static))
 
 
-def test_continuous_admission_with_mixed_options_changes_no_translation_and_moves_no_buffer(tiny_static):
+def test_continuous_admission_with_mixed_options_changes_no_translation(tiny_static):
     """Sentences join a few at a time at random steps, up to 24 rows, beams forking: each
-    equals itself decoded alone, every buffer stays where it was allocated, and every step ran
-    on a bucket (1, 4, 16 rows, or all 24 slots)."""
+    equals itself decoded alone, and every step ran on a bucket (1, 4, 16 rows, or all 24)."""
     texts = [s for s, _ in tiny_pairs()] * 3
     ids = tiny_static.encode(texts)
     options = [MIXED[i % len(MIXED)] for i in range(len(ids))]
     engine, collected = StaticEngine(tiny_static.graphs, max_rows=24), Collected()
-    addresses = [t.data_ptr() for t in (*engine.cache.past, *engine.cache.cross)]
     admit_at_random(engine, collected, ids, options, seed=7)
     for i in range(len(ids)):
         assert same(collected.results[i], alone(tiny_static.graphs, ids[i], options[i])), texts[i]
-    assert [t.data_ptr() for t in (*engine.cache.past, *engine.cache.cross)] == addresses
     assert set(engine._buckets) <= {1, 4, 16, 24} and len(engine._buckets) > 1
+
+
+def test_rows_are_copied_in_place_each_from_what_it_held_before_any_moved(tiny_static):
+    """Beams that swap, and one that continues a row another leaves: every target gets its
+    source's old contents, in the same buffer (the Gather reads before the ScatterND writes)."""
+    cache = StaticCache(tiny_static.graphs, 6)
+    rng = np.random.default_rng(0)
+    before = [rng.standard_normal(cache_shape(t)).astype(np.float32) for t in cache.past]
+    for value, array in zip(cache.past, before):
+        value.update_inplace(array)
+    addresses = [t.data_ptr() for t in cache.past]
+    cache.copy_rows(np.array([0, 1, 3]), np.array([1, 0, 0]))
+    for value, old in zip(cache.past, before):
+        expected = old.copy()
+        expected[[0, 1, 3]] = old[[1, 0, 0]]
+        assert np.array_equal(value.numpy(), expected)
+    assert [t.data_ptr() for t in cache.past] == addresses
+
+
+def test_sources_are_placed_in_their_entries_padded_with_zeros_and_the_others_left_alone(tiny_static):
+    cache = StaticCache(tiny_static.graphs, 4)
+    c = tiny_static.graphs.config
+    rng = np.random.default_rng(1)
+    new = [rng.standard_normal((2, c.heads, 5, c.head_dim)).astype(np.float32) for _ in cache.cross]
+    cache.place([3, 1], new[: c.decoder_layers], new[c.decoder_layers:])
+    for value, written in zip(cache.cross, new):
+        array = value.numpy()
+        assert np.array_equal(array[[3, 1], :, :5], written) and not array[[3, 1], :, 5:].any()
+        assert not array[[0, 2]].any()
+
+
+def test_a_step_covers_the_highest_entry_in_use_even_above_every_slot(tiny_static):
+    engine = StaticEngine(tiny_static.graphs, max_rows=24)
+    engine._held[[0, 1]] = True
+    engine._entry_held[[0, 5]] = True
+    assert engine._bucket_rows() == 16
+    engine._entry_held[5] = False
+    assert engine._bucket_rows() == 4
+
+
+def test_a_misnamed_dimension_is_refused_not_left_free(tiny_static):
+    graphs = tiny_static.graphs
+    with pytest.raises(ValueError, match="left free"):
+        create_session(graphs.dir / graphs.manifest.graphs["decoder"], graphs.session_config,
+                       dimensions={"rows": 2, "capacity": 8, "sources": 2, "source_len": 4, "query_group": 2,
+                                   "candidates": 2})
 
 
 def test_its_caches_hold_the_bound_it_reports_from_the_start(tiny_static):

@@ -162,11 +162,11 @@ def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bo
     the decoder step's (SessionConfig.spinning); `arena`: ONNX Runtime's CPU memory arena, which
     keeps the largest call's intermediates for the session's life.
 
-    dimensions: symbolic dimensions of the graph's inputs fixed to sizes (ONNX Runtime's
-    free-dimension overrides), so that its shape computations fold to constants: a CUDA graph
-    needs every node on the GPU. cuda_graph: the CUDA provider captures a run as a CUDA graph
-    and replays it (its inputs and outputs bound once through I/O binding, their shapes
-    fixed); only on CUDA.
+    dimensions: the symbolic dimensions of the graph's inputs fixed to sizes (ONNX Runtime's
+    free-dimension overrides; every one of them, or ValueError), so that its shape computations
+    fold to constants: a CUDA graph needs every node on the GPU. cuda_graph: the CUDA provider
+    captures a run as a CUDA graph and replays it (its inputs and outputs bound once through
+    I/O binding, their shapes fixed); only on CUDA.
 
     With device "cuda", a GPU that the provider library found but could not use is an error
     too: the session would otherwise run on the CPU without saying so.
@@ -182,6 +182,11 @@ def create_session(graph: str | Path | bytes, config: SessionConfig, *, step: bo
         options.add_free_dimension_override_by_name(name, size)
     session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
                                    providers=providers, provider_options=provider_options)
+    # ONNX Runtime ignores a name the graph does not have: a dimension left free is a misnamed one.
+    free = {d for i in session.get_inputs() for d in (i.shape or []) if isinstance(d, str)}
+    if dimensions and free:
+        raise ValueError(f"dimensions {', '.join(sorted(free))} of the graph's inputs are left free; fixed were "
+                         f"{', '.join(sorted(dimensions))}")
     if providers[0] == CUDA and session.get_providers()[0] != CUDA:
         reason = "the CUDA provider loaded but found no usable GPU"
         if config.device == "cuda":

@@ -26,14 +26,16 @@ from server.runtime.graphs import (OnnxGraphs, Tensor, append_graph, cache_shape
                                    zeros_graph)
 from server.runtime.sessions import CUDA, create_session
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+# ONNX Runtime's type names of the step's outputs, as numpy types.
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 class StaticCache:
     """The self-attention cache (`past`: keys then values, one (slots, H, max_positions, Dh)
     value per layer) and the cross-attention entries (`cross`: the same, max_positions source
-    tokens), allocated once, zeroed: a column past a row's position is masked, never read as a
-    number that could poison a product."""
+    tokens), allocated once and zeroed there. A column past a row's position is masked, but its
+    value still meets a zero weight in the product with the values, so it must be a finite
+    number: zeros at first, a previous sentence's keys and values after."""
 
     def __init__(self, graphs: OnnxGraphs, slots: int) -> None:
         c = graphs.config
@@ -104,12 +106,14 @@ class Bucket:
                                     step=True, dimensions=dimensions, cuda_graph=capture)
         self._append = create_session(append_graph(2 * layers, graphs.dtype), graphs.session_config,
                                       dimensions={"b": rows}, cuda_graph=capture)
-        device, (name, index) = cache.device, cache.device
-        self.inputs = {key: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, *device) for key, shape, dtype in (
-            ("tokens", (rows, 1), np.int64), ("positions", (rows,), np.int64), ("eos_allowed", (rows,), bool),
-            ("source_mask", (rows, cache.width), bool), ("candidates", (MAX_CANDIDATES,), np.int64),
-            ("query_grid", (rows, QUERY_GROUP), np.int64), ("query_slots", (rows, 2), np.int64))}
-        types = {o.name: _NUMPY_TYPES[o.type] for o in self._step.get_outputs()}
+        device = name, index = cache.device
+        self._types = {"tokens": np.int64, "positions": np.int64, "eos_allowed": np.bool_, "source_mask": np.bool_,
+                       "candidates": np.int64, "query_grid": np.int64, "query_slots": np.int64}
+        shapes = {"tokens": (rows, 1), "positions": (rows,), "eos_allowed": (rows,), "source_mask": (rows, cache.width),
+                  "candidates": (MAX_CANDIDATES,), "query_grid": (rows, QUERY_GROUP), "query_slots": (rows, 2)}
+        self.inputs = {key: ort.OrtValue.ortvalue_from_shape_and_type(shape, self._types[key], *device)
+                       for key, shape in shapes.items()}
+        types = {o.name: NUMPY_TYPES[o.type] for o in self._step.get_outputs()}
         shapes = {"top_log_probs": (rows, MAX_CANDIDATES), "top_ids": (rows, MAX_CANDIDATES)}
         shapes.update((key, (rows, c.heads, 1, c.head_dim)) for key in cache_names("new", layers))
         self.outputs = {key: ort.OrtValue.ortvalue_from_shape_and_type(shape, types[key], *device)
@@ -140,9 +144,10 @@ class Bucket:
         """One step of the bucket's rows on `feeds` (tokens, positions, eos_allowed, source_mask,
         query_grid, query_slots, each `rows` long), its keys and values appended to the cache
         in place; returns each row's best MAX_CANDIDATES log-probabilities and token ids."""
-        for key, value in feeds.items():
-            self.inputs[key].update_inplace(np.ascontiguousarray(value))
+        for key, value in feeds.items():  # update_inplace copies bytes: the type must be the input's
+            self.inputs[key].update_inplace(np.ascontiguousarray(value, dtype=self._types[key]))
         self._step.run_with_iobinding(self._step_binding)
         self._append.run_with_iobinding(self._append_binding)
-        return (self.outputs["top_log_probs"].numpy().astype(np.float32, copy=False),
+        # Copies: on the CPU an output's numpy() is a view of the buffer the next step overwrites.
+        return (np.array(self.outputs["top_log_probs"].numpy(), dtype=np.float32),
                 np.array(self.outputs["top_ids"].numpy()))

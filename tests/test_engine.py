@@ -122,15 +122,21 @@ def admit_at_random(engine: Engine, collected: Collected, ids, options: list[Dec
         engine.step(joining)
 
 
-def test_continuous_admission_of_many_sentences_with_mixed_options_changes_no_translation(tiny):
-    """Sentences join a few at a time at random steps, up to 24 rows in flight."""
+def translates_each_as_alone_under_random_admission(translator: Translator, engine: Engine) -> None:
+    """The tiny corpus three times over, with mixed options, through `engine` at random
+    admission: each sentence equals itself decoded alone (by the translator's own engines)."""
     texts = [s for s, _ in tiny_pairs()] * 3
-    ids = tiny.encode(texts)
+    ids = translator.encode(texts)
     options = [MIXED[i % len(MIXED)] for i in range(len(ids))]
-    engine, collected = Engine(tiny.graphs, max_rows=24), Collected()
+    collected = Collected()
     admit_at_random(engine, collected, ids, options, seed=7)
     for i in range(len(ids)):
-        assert same(collected.results[i], alone(tiny.graphs, ids[i], options[i])), texts[i]
+        assert same(collected.results[i], alone(translator.graphs, ids[i], options[i])), texts[i]
+
+
+def test_continuous_admission_of_many_sentences_with_mixed_options_changes_no_translation(tiny):
+    """Sentences join a few at a time at random steps, up to 24 rows in flight."""
+    translates_each_as_alone_under_random_admission(tiny, Engine(tiny.graphs, max_rows=24))
 
 
 def test_an_abandoned_sentence_leaves_at_the_next_step_and_a_waiting_one_is_never_encoded(tiny):

@@ -16,7 +16,7 @@ from server.runtime.engine import Engine, Scheduler, StaticEngine
 from server.runtime.graphs import cache_shape
 from server.runtime.static_cache import StaticCache
 from tests.builders import tiny_pairs
-from tests.test_engine import MIXED, Collected, admit_at_random, alone, same
+from tests.test_engine import Collected, alone, same, translates_each_as_alone_under_random_admission
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,8 @@ def test_it_translates_as_the_resizing_engine(tiny, tiny_static, options):
 def test_continuous_admission_with_mixed_options_changes_no_translation(tiny_static):
     """Sentences join a few at a time at random steps, up to 24 rows, beams forking: each
     equals itself decoded alone, and every step ran on a bucket (1, 4, 16 rows, or all 24)."""
-    texts = [s for s, _ in tiny_pairs()] * 3
-    ids = tiny_static.encode(texts)
-    options = [MIXED[i % len(MIXED)] for i in range(len(ids))]
-    engine, collected = StaticEngine(tiny_static.graphs, max_rows=24), Collected()
-    admit_at_random(engine, collected, ids, options, seed=7)
-    for i in range(len(ids)):
-        assert same(collected.results[i], alone(tiny_static.graphs, ids[i], options[i])), texts[i]
+    engine = StaticEngine(tiny_static.graphs, max_rows=24)
+    translates_each_as_alone_under_random_admission(tiny_static, engine)
     assert set(engine._buckets) <= {1, 4, 16, 24} and len(engine._buckets) > 1
 
 

@@ -469,7 +469,7 @@ class StaticEngine(Engine):
         slots, width = self.cache.slots, self.cache.width
         self._held, self._entry_held = np.zeros(slots, bool), np.zeros(slots, bool)
         self._tokens, self._positions = np.zeros((slots, 1), np.int64), np.zeros(slots, np.int64)
-        self._source_mask, self._shared = np.zeros((slots, width), bool), np.zeros(slots, np.int64)
+        self._source_mask = np.zeros((slots, width), bool)
 
     def _arrange(self, joining: Sequence[Sentence]) -> None:
         """Beams' rows copied in place; newcomers into the lowest free slots and entries."""

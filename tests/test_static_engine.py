@@ -51,6 +51,28 @@ def test_continuous_admission_with_mixed_options_changes_no_translation(tiny_sta
     assert set(engine._buckets) <= {1, 4, 16, 24} and len(engine._buckets) > 1
 
 
+def test_sentences_left_high_move_down_and_their_steps_shrink_to_the_smallest_bucket(tiny_static):
+    """16 short sentences take the low slots, a long greedy one and a long beam-2 one the slots
+    above: once the short ones finish, the long ones' rows and entries move down and every
+    later step runs on 4 rows, not 24; each still translates as alone."""
+    engine, collected = StaticEngine(tiny_static.graphs, max_rows=24), Collected()
+    texts = [s for s, _ in tiny_pairs()]
+    short_ids = tiny_static.encode(texts[:16])
+    long_ids = tiny_static.encode([f"{texts[16]} {texts[17]}", f"{texts[18]} {texts[19]}"])  # longer sources
+    short = DecodeOptions(max_length=2)
+    greedy, beams = DecodeOptions(min_length=10, max_length=10), DecodeOptions(beam_size=2, n_best=2, min_length=10,
+                                                                                max_length=10)
+    buckets, bucket = [], engine._bucket
+    engine._bucket = lambda rows: buckets.append(rows) or bucket(rows)
+    engine.step([collected.sentence(i, short_ids[i], short) for i in range(16)]
+                + [collected.sentence(16, long_ids[0], greedy), collected.sentence(17, long_ids[1], beams)])
+    while engine.live:
+        engine.step()
+    assert buckets[0] == 24 and buckets[2:] == [4] * (len(buckets) - 2)
+    assert same(collected.results[16], alone(tiny_static.graphs, long_ids[0], greedy))
+    assert same(collected.results[17], alone(tiny_static.graphs, long_ids[1], beams))
+
+
 def test_rows_are_copied_in_place_each_from_what_it_held_before_any_moved(tiny_static):
     """Beams that swap, and one that continues a row another leaves: every target gets its
     source's old contents, in the same buffer (the Gather reads before the ScatterND writes)."""

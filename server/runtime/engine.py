@@ -435,8 +435,11 @@ class StaticEngine(Engine):
 
     Slots and entries are `max(max_rows, MAX_BEAM_SIZE)`, each max_positions wide; newcomers take
     the lowest free ones, and a step covers the smallest bucket (1, 4, 16, ... rows) that holds
-    every slot and entry in use. Beams continuing other beams copy whole rows in place. The
-    search, admission and results are the Engine's. Every step reads max_positions columns per
+    every slot and entry in use. When the sentences in flight would fit a smaller bucket than
+    their slots span (one long sentence left high after the others finished), the rows and
+    entries above it move down into free ones, so that the steps shrink with the load. Beams
+    continuing other beams copy whole rows in place. The search, admission and results are the
+    Engine's. Every step reads max_positions columns per
     row (masked past its position): more than the resizing engine on a CPU, where attention is
     bound by reading the cache (docs/benchmarks.md); for GPUs.
     """
@@ -472,11 +475,13 @@ class StaticEngine(Engine):
         self._source_mask = np.zeros((slots, width), bool)
 
     def _arrange(self, joining: Sequence[Sentence]) -> None:
-        """Beams' rows copied in place; newcomers into the lowest free slots and entries."""
+        """Beams' rows copied in place; rows and entries moved down when a smaller bucket would
+        hold them; newcomers into the lowest free slots and entries."""
         if self._origins is not None:
             moved = np.flatnonzero(self._origins != np.arange(len(self._origins)))
             self.cache.copy_rows(moved, self._origins[moved])
             self._origins = None
+        self._move_down()
         if joining:
             free = np.flatnonzero(~self._held)[: sum(s.rows for s in joining)].tolist()
             free_entries = np.flatnonzero(~self._entry_held)[: sum(entries_for(s.rows) for s in joining)].tolist()
@@ -487,9 +492,38 @@ class StaticEngine(Engine):
         keys, values = encoded
         self.cache.place(entries, keys, values)
 
+    def _move_down(self) -> None:
+        """Rows and entries above the smallest bucket that could hold them all move into free
+        ones below it (their caches, positions, tokens and source masks with them)."""
+        rows, entries = np.flatnonzero(self._held), np.flatnonzero(self._entry_held)
+        if not len(rows):
+            return
+        fits = self._bucket_for(max(len(rows), len(entries)))
+        if self._bucket_for(1 + max(int(rows[-1]), int(entries[-1]))) == fits:
+            return
+        targets, sources = _moves_below(self._held, fits)
+        self.cache.copy_rows(targets, sources)
+        self._positions[targets], self._tokens[targets] = self._positions[sources], self._tokens[sources]
+        self._held[targets], self._held[sources] = True, False
+        slot = np.arange(len(self._held))
+        slot[sources] = targets
+        targets, sources = _moves_below(self._entry_held, fits)
+        self.cache.copy_entries(targets, sources)
+        self._source_mask[targets] = self._source_mask[sources]
+        self._entry_held[targets], self._entry_held[sources] = True, False
+        entry = np.arange(len(self._entry_held))
+        entry[sources] = targets
+        for live in self.live:
+            live.slots, live.entries = slot[live.slots].tolist(), entry[live.entries].tolist()
+        self._grid = None
+
     def _bucket_rows(self) -> int:
         """The smallest bucket holding every slot and entry in use."""
-        used = 1 + max(int(np.flatnonzero(self._held).max()), int(np.flatnonzero(self._entry_held).max()))
+        return self._bucket_for(1 + max(int(np.flatnonzero(self._held).max()),
+                                        int(np.flatnonzero(self._entry_held).max())))
+
+    def _bucket_for(self, used: int) -> int:
+        """The smallest bucket of at least `used` rows."""
         rows = 1
         while rows < used:
             rows *= self.BUCKET_GROWTH
@@ -499,6 +533,16 @@ class StaticEngine(Engine):
         if rows not in self._buckets:
             self._buckets[rows] = Bucket(self.cache, rows)
         return self._buckets[rows]
+
+
+def _moves_below(held: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, sources): each held slot at or above `limit` paired with a free one below it,
+    lowest first; `limit` must leave enough free ones below it."""
+    sources = limit + np.flatnonzero(held[limit:])
+    targets = np.flatnonzero(~held[:limit])[: len(sources)]
+    if len(targets) < len(sources):
+        raise ValueError(f"{len(sources)} slots above {limit} cannot move into {len(targets)} free ones below it")
+    return targets, sources
 
 
 def _sparse(held: np.ndarray, wanted: int) -> bool:

@@ -4,8 +4,8 @@ bound at fixed shapes: what the engine needs to run a step as a CUDA graph.
 A `StaticCache` holds `slots` rows of the self-attention cache (max_positions columns) and as
 many cross-attention entries (max_positions source tokens), every layer's keys and values, as
 ONNX Runtime values on the execution device, allocated once and never moved: sources are
-written into entries and beams' rows copied over others in place (ScatterND with its output
-bound to its input's buffer). A `Bucket` is a decoder step and an append on the cache's first
+written into entries, and beams' rows (or rows and entries moving down) copied over others in
+place (ScatterND with its output bound to its input's buffer). A `Bucket` is a decoder step and an append on the cache's first
 `rows` slots and entries: two sessions whose symbolic dimensions are fixed
 (`create_session(dimensions=...)`, so their shape computations fold to constants), the cache
 bound as a prefix of its buffers by address, the per-step inputs as values changed in place,
@@ -71,13 +71,20 @@ class StaticCache:
 
     def copy_rows(self, targets: np.ndarray, sources: np.ndarray) -> None:
         """Self-attention rows `targets` take rows `sources`' contents, in place (beams that
-        continue other beams)."""
+        continue other beams, rows moving down)."""
+        self._copy(self.past, targets, sources)
+
+    def copy_entries(self, targets: np.ndarray, sources: np.ndarray) -> None:
+        """Cross-attention entries `targets` take entries `sources`' contents, in place."""
+        self._copy(self.cross, targets, sources)
+
+    def _copy(self, buffers: list[ort.OrtValue], targets: np.ndarray, sources: np.ndarray) -> None:
         if not len(targets):
             return
         binding = self._copy_rows.io_binding()
         binding.bind_cpu_input("targets", np.asarray(targets, np.int64).reshape(-1, 1))
         binding.bind_cpu_input("sources", np.asarray(sources, np.int64))
-        for i, buffer in enumerate(self.past):
+        for i, buffer in enumerate(buffers):
             binding.bind_ortvalue_input(f"x{i}", buffer)
             binding.bind_ortvalue_output(f"y{i}", buffer)
         self._copy_rows.run_with_iobinding(binding)

@@ -7,12 +7,14 @@ captured steps and compares the two engines; see docs/benchmarks.md.)"""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from model.search import MAX_BEAM_SIZE, DecodeOptions
 from server.runtime import SessionConfig, Translator, create_session, translate_ids
-from server.runtime.engine import Engine, Scheduler, StaticEngine
+from server.runtime.engine import Engine, Scheduler, Sentence, StaticEngine
 from server.runtime.graphs import cache_shape
 from server.runtime.static_cache import StaticCache
 from tests.builders import tiny_pairs
@@ -123,6 +125,30 @@ def test_its_caches_hold_the_bound_it_reports_from_the_start(tiny_static):
     engine = StaticEngine(tiny_static.graphs, max_rows=6)
     assert engine.cache_bytes == engine.cache_bytes_at_most
     assert engine.cache.slots == max(6, MAX_BEAM_SIZE)
+
+
+def test_translate_ids_engines_free_their_caches_when_idle_and_the_services_keep_theirs(tiny_static, monkeypatch):
+    """A static cache is allocated at its limits (on a GPU, gigabytes): the engines of
+    `translate_ids`, whose schedulers stay with the graphs, free it when their threads end
+    idle and allocate it again for the next call; the service's scheduler keeps its own."""
+    monkeypatch.setattr(Scheduler, "LINGER_SECONDS", 0.01)
+    ids = tiny_static.encode([s for s, _ in tiny_pairs()][:6])
+    first = translate_ids(tiny_static.graphs, ids, DecodeOptions(beam_size=2, n_best=2), max_batch=3)
+    service = tiny_static.scheduler
+    service.submit([Sentence(ids[0], DecodeOptions(), lambda result: None)])
+    idle(tiny_static.graphs.schedulers[6], service)
+    assert all(e.cache is None and e.cache_bytes == 0 for e in tiny_static.graphs.schedulers[6].engines)
+    assert all(e.cache_bytes == e.cache_bytes_at_most for e in service.engines)
+    again = translate_ids(tiny_static.graphs, ids, DecodeOptions(beam_size=2, n_best=2), max_batch=3)
+    assert all(same(a, b) for a, b in zip(first, again))
+
+
+def idle(*schedulers: Scheduler) -> None:
+    """Wait until every engine thread of `schedulers` has ended."""
+    deadline = time.monotonic() + 10
+    while any(t is not None for s in schedulers for t in s._threads):
+        assert time.monotonic() < deadline, "engine threads still running"
+        time.sleep(0.01)
 
 
 def test_a_failed_step_reaches_its_sentences_and_the_engine_goes_on(tiny_static, monkeypatch):

@@ -205,6 +205,11 @@ class Engine:
             live.sentence.done(error)
         self._clear()
 
+    def release(self) -> None:
+        """Free what an idle engine holds for its next step (here: nothing, its caches shrink to
+        what is in flight)."""
+        self._clear()
+
     def _advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray) -> None:
         """Apply one step's best tokens to every sentence; finished ones free their slots."""
         c = self.graphs.config
@@ -447,16 +452,25 @@ class StaticEngine(Engine):
     BUCKET_GROWTH = 4
 
     def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
-        self.cache = StaticCache(graphs, max(max_rows, MAX_BEAM_SIZE))
+        self.slots = max(max_rows, MAX_BEAM_SIZE)
+        self.cache: StaticCache | None = StaticCache(graphs, self.slots)
         self._buckets: dict[int, Bucket] = {}
         super().__init__(graphs, max_rows)
 
     @property
     def cache_bytes(self) -> int:
-        return self.cache.nbytes
+        return self.cache.nbytes if self.cache is not None else 0
+
+    def release(self) -> None:
+        """Free the caches and the buckets' sessions (on CUDA, their captured graphs): the next
+        step allocates, builds and captures them again."""
+        self._clear()
+        self.cache, self._buckets = None, {}
 
     def step(self, joining: Sequence[Sentence] = ()) -> None:
         """Admit `joining`, then give every sentence in flight its next token."""
+        if self.cache is None:
+            self.cache = StaticCache(self.graphs, self.slots)
         self._arrange(joining)
         if not self.live:
             return
@@ -469,7 +483,7 @@ class StaticEngine(Engine):
 
     def _clear(self) -> None:
         super()._clear()
-        slots, width = self.cache.slots, self.cache.width
+        slots, width = self.slots, self.graphs.config.max_positions
         self._held, self._entry_held = np.zeros(slots, bool), np.zeros(slots, bool)
         self._tokens, self._positions = np.zeros((slots, 1), np.int64), np.zeros(slots, np.int64)
         self._source_mask = np.zeros((slots, width), bool)
@@ -527,7 +541,7 @@ class StaticEngine(Engine):
         rows = 1
         while rows < used:
             rows *= self.BUCKET_GROWTH
-        return min(rows, self.cache.slots)
+        return min(rows, self.slots)
 
     def _bucket(self, rows: int) -> Bucket:
         if rows not in self._buckets:
@@ -600,13 +614,18 @@ class Scheduler:
     An engine's thread waits `LINGER_SECONDS` for more work before it ends: a thread's first
     ONNX Runtime calls cost several milliseconds (measured: 6 ms a sentence at batch 1 when
     every call started a thread), so back-to-back calls reuse it, and an idle version soon
-    holds none.
+    holds none. With `release_idle`, an engine whose thread ends frees what it holds for its
+    next step (a static engine's caches, allocated at their limits): for the schedulers of
+    `translate_ids`, which stay with the graphs whether called again or not; the service's
+    scheduler keeps its engines' caches, sized and logged when the version loads.
     """
 
     LINGER_SECONDS = 2.0
 
-    def __init__(self, graphs: OnnxGraphs, *, max_rows: int, streams: int | None = None) -> None:
+    def __init__(self, graphs: OnnxGraphs, *, max_rows: int, streams: int | None = None,
+                 release_idle: bool = False) -> None:
         streams = max(1, min(streams or graphs.streams, max_rows))
+        self.release_idle = release_idle
         kind = StaticEngine if graphs.session_config.static_cache else Engine
         self.engines = [kind(graphs, -(-max_rows // streams)) for _ in range(streams)]
         self._waiting: list[tuple[float, int, Sentence]] = []  # a heap
@@ -648,6 +667,8 @@ class Scheduler:
                     joining = self._admissions(engine)
                     if not joining:
                         self._threads[index] = None
+                        if self.release_idle:  # under the lock: no new thread takes the engine meanwhile
+                            engine.release()
                         return
             try:
                 engine.step(joining)
@@ -682,10 +703,10 @@ _SCHEDULERS_LOCK = threading.Lock()
 
 def _schedulers(graphs: OnnxGraphs, max_rows: int) -> Scheduler:
     """The scheduler that `translate_ids` calls with these graphs and this many rows share, so
-    that back-to-back calls reuse its engines' threads."""
+    that back-to-back calls reuse its engines' threads; idle, its engines hold no cache."""
     with _SCHEDULERS_LOCK:
         if max_rows not in graphs.schedulers:
-            graphs.schedulers[max_rows] = Scheduler(graphs, max_rows=max_rows)
+            graphs.schedulers[max_rows] = Scheduler(graphs, max_rows=max_rows, release_idle=True)
         return graphs.schedulers[max_rows]
 
 

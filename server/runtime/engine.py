@@ -215,8 +215,8 @@ class Engine:
         c = self.graphs.config
         candidates = self._beam_candidates(top_log_probs, top_ids)
         best_ids, best_log_probs = top_ids[:, 0].tolist(), top_log_probs[:, 0].tolist()
-        origins = np.arange(len(self._held))
-        shared = np.zeros(len(self._held), np.int64)
+        origins: np.ndarray | None = None  # made when a beam continues another (greedy steps skip it)
+        shared = np.zeros(0, np.int64)
         tokens = self._tokens[:, 0].copy()
         going_on: list[_Live] = []
         for live in self.live:
@@ -233,10 +233,14 @@ class Engine:
                 beams = live.beams.advance(scores, flat, c.vocab_size, live.step, live.limit, live.sentence.options,
                                            c.eos_id)
                 if beams is not None:
-                    origins[live.slots] = [live.slots[origin] for origin, _, _ in beams]
                     # A row's cached column i is the same for every beam whose first i tokens are
                     # the same (column 0: the start token): only the columns after those move.
-                    shared[live.slots] = [1 + n for n in live.fork([origin for origin, _, _ in beams])]
+                    same_prefix = [1 + n for n in live.fork([origin for origin, _, _ in beams])]
+                    continued = [live.slots[origin] for origin, _, _ in beams]
+                    if continued != live.slots:
+                        if origins is None:
+                            origins, shared = np.arange(len(self._held)), np.zeros(len(self._held), np.int64)
+                        origins[live.slots], shared[live.slots] = continued, same_prefix
                     tokens[live.slots] = [token for _, token, _ in beams]
                     live.beam_scores = [score for _, _, score in beams]
                 done = None if beams is not None else live.result()
@@ -247,9 +251,9 @@ class Engine:
                 self._held[live.slots] = False
                 self._entry_held[live.entries] = False
                 self._grid = None
-        self._origins = None if np.array_equal(origins, np.arange(len(origins))) else origins
-        self._shared = shared
-        self._positions = np.where(self._held, self._positions[origins] + 1, 0)  # free slots: nothing cached
+        self._origins, self._shared = origins, shared
+        positions = self._positions if origins is None else self._positions[origins]
+        self._positions = np.where(self._held, positions + 1, 0)  # free slots: nothing cached
         self._tokens = tokens.reshape(-1, 1)
         self.live = going_on
 

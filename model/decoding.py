@@ -26,21 +26,29 @@ def _rows(index: torch.Tensor, cache: Cache) -> Cache:
 
 
 @torch.no_grad()
-def translate_ids(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+def translate_ids(model: Transformer, src: torch.Tensor, options: DecodeOptions,
+                  allowed: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Decode a batch of source ids (B, S), EOS-terminated and right-padded.
 
+    allowed: (B, V) bool, the tokens each sentence may produce (its vocabulary shortlist,
+    server/runtime/shortlist.py: log-probabilities are normalised over those only); None: all.
     Returns, for each sentence, `options.n_best` hypotheses, best first.
     """
     if src.shape[0] == 0:
         return []
     if options.beam_size == 1:
-        return _greedy(model, src, options)
-    return _beam(model, src, options)
+        return _greedy(model, src, options, allowed)
+    return _beam(model, src, options, allowed)
 
 
-def _step_log_probs(logits: torch.Tensor, config, step: int, options: DecodeOptions) -> torch.Tensor:
-    """Log-probabilities of the next token; PAD and BOS are never generated, EOS not before min_length."""
-    log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+def _step_log_probs(logits: torch.Tensor, config, step: int, options: DecodeOptions,
+                    allowed: torch.Tensor | None) -> torch.Tensor:
+    """Log-probabilities of the next token over the allowed ones (every row's, None: all); PAD
+    and BOS are never generated, EOS not before min_length."""
+    logits = logits[:, -1].float()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    log_probs = torch.log_softmax(logits, dim=-1)
     log_probs[:, config.pad_id] = float("-inf")
     log_probs[:, config.bos_id] = float("-inf")
     if step < options.min_length:
@@ -53,7 +61,8 @@ def _limits(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
     return [options.target_limit(n, model.config.max_positions) for n in lengths]
 
 
-def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions,
+            allowed: torch.Tensor | None) -> list[list[Hypothesis]]:
     config = model.config
     batch = src.shape[0]
     limits = _limits(model, src, options)
@@ -66,7 +75,7 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
     step = 0
     while active:
         logits, past_k, past_v = model.decode(tokens, cross_k, cross_v, src_mask, past_k, past_v)
-        log_probs = _step_log_probs(logits, config, step, options)
+        log_probs = _step_log_probs(logits, config, step, options, None if allowed is None else allowed[active])
         best = log_probs.argmax(dim=-1)
         best_scores = log_probs.gather(1, best[:, None])[:, 0]
         step += 1
@@ -81,7 +90,8 @@ def _greedy(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> li
     return [[s.hypothesis(limit, options.length_penalty)] for s, limit in zip(sentences, limits)]
 
 
-def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list[list[Hypothesis]]:
+def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions,
+          allowed: torch.Tensor | None) -> list[list[Hypothesis]]:
     config = model.config
     k = options.beam_size
     batch = src.shape[0]
@@ -103,7 +113,8 @@ def _beam(model: Transformer, src: torch.Tensor, options: DecodeOptions) -> list
     while active:
         n = len(active)
         logits, past_k, past_v = model.decode(tokens, cross_k, cross_v, src_mask, past_k, past_v)
-        log_probs = _step_log_probs(logits, config, step, options)  # (n*K, V)
+        rows_allowed = None if allowed is None else allowed[active].repeat_interleave(k, dim=0)
+        log_probs = _step_log_probs(logits, config, step, options, rows_allowed)  # (n*K, V)
         vocab = log_probs.shape[-1]
         candidates = (beam_scores.reshape(n * k, 1) + log_probs).reshape(n, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)

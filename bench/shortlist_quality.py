@@ -101,7 +101,9 @@ def main() -> None:
                   f"(whole vocabulary {full_scores['bleu']:.2f}), chrF {row['chrf']:.2f}, the same "
                   f"{row['same']}/{len(test)} (built in {built:.0f} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"version": str(args.version or newest_version()), "beam": args.beam,
+    version = (args.version or newest_version()).resolve()
+    shown = version.relative_to(ROOT) if version.is_relative_to(ROOT) else version
+    args.out.write_text(json.dumps({"version": str(shown), "beam": args.beam,
                                     "whole_vocabulary": {k: round(v, 2) for k, v in full_scores.items()},
                                     "settings": rows}, indent=2) + "\n")
 

@@ -31,10 +31,7 @@ import torch
 from torch import nn
 
 from model.transformer import Cache, Transformer
-from server.runtime.graph_io import MAX_CANDIDATES
-
-# The tokens that the decoding rules can rule out of a step's best: PAD, BOS and EOS.
-RULED = 3
+from server.runtime.graph_io import MAX_CANDIDATES, RULED
 
 
 class EncoderGraph(nn.Module):
@@ -79,13 +76,63 @@ class DecoderStepGraph(nn.Module):
         hidden, keys, values = self.model.decode_step(tokens, cross_keys, cross_values, source_mask, cache_keys,
                                                       cache_values, positions, query_grid, query_slots)
         logits = self.model.logits(hidden)  # (B, V)
+        return (logits, *self.best(logits, candidates, eos_allowed), *keys, *values)
+
+    def best(self, logits: torch.Tensor, candidates: torch.Tensor, eos_allowed: torch.Tensor,
+             vocabulary: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's best k = len(candidates) tokens under the decoding rules: log-probabilities
+        and token ids (logits' column j is token vocabulary[j]; None: token j)."""
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         # The rules and the ranking touch only each row's best k + RULED tokens: masks added over
         # the whole vocabulary cost as much as the top-k itself at 64 rows (docs/benchmarks.md).
         k = candidates.shape[0]
         best, ids = log_probs.topk(k + RULED, dim=-1)  # the best k allowed tokens are among these
+        if vocabulary is not None:
+            ids = vocabulary[ids]
         eos_ruled_out = (ids == self.model.config.eos_id) & ~eos_allowed[:, None]
         ruled_out = (ids[..., None] == self.never_ids).any(-1) | eos_ruled_out
         top_log_probs, order = best.masked_fill(ruled_out, float("-inf")).topk(k, dim=-1)
-        top_ids = ids.gather(-1, order)
-        return (logits, top_log_probs, top_ids, *keys, *values)
+        return top_log_probs, ids.gather(-1, order)
+
+
+class ShortlistStepGraph(DecoderStepGraph):
+    """The decoder step over a vocabulary shortlist (server/runtime/shortlist.py): the output
+    projection is the product with `output_rows`, the rows of the step's `vocabulary` (the
+    union of its sentences' lists, from OutputRowsGraph, made again only when that union
+    changes), and each row's log-probabilities cover the tokens `allowed` to it. At one row the
+    step reads a fraction of the projection's weights (docs/benchmarks.md). `logits` are over
+    the vocabulary's columns, -inf where not allowed."""
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        source_mask: torch.Tensor,
+        eos_allowed: torch.Tensor,
+        candidates: torch.Tensor,
+        query_grid: torch.Tensor,
+        query_slots: torch.Tensor,
+        vocabulary: torch.Tensor,
+        output_rows: torch.Tensor,
+        allowed: torch.Tensor,
+        cross_keys: Cache,
+        cross_values: Cache,
+        cache_keys: Cache,
+        cache_values: Cache,
+    ) -> tuple[torch.Tensor, ...]:
+        hidden, keys, values = self.model.decode_step(tokens, cross_keys, cross_values, source_mask, cache_keys,
+                                                      cache_values, positions, query_grid, query_slots)
+        logits = (hidden @ output_rows.t()).masked_fill(~allowed, float("-inf"))  # (B, V')
+        return (logits, *self.best(logits, candidates, eos_allowed, vocabulary), *keys, *values)
+
+
+class OutputRowsGraph(nn.Module):
+    """Token ids (V',) -> their rows of the output projection (V', D): the shortlist step's
+    `output_rows`, from the weights the version's other graphs share."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vocabulary: torch.Tensor) -> torch.Tensor:
+        return self.model.output_weight.index_select(0, vocabulary)  # one Gather (indexing exports a GatherND)

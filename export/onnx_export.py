@@ -20,14 +20,16 @@ import onnx
 import torch
 from torch.export import Dim
 
-from export.graphs import DecoderStepGraph, EncoderGraph
+from export.graphs import DecoderStepGraph, EncoderGraph, OutputRowsGraph, ShortlistStepGraph
 from model.transformer import Transformer
 from server.runtime import decoder_names, encoder_names
-from server.runtime.graph_io import MAX_CANDIDATES, QUERY_GROUP
+from server.runtime.graph_io import MAX_CANDIDATES, OUTPUT_ROWS_NAMES, QUERY_GROUP
 
 OPSET = 18
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+SHORTLIST_DECODER_FILE = "decoder_shortlist.onnx"
+OUTPUT_ROWS_FILE = "output_rows.onnx"
 MAX_BATCH = 4096
 # What the graphs' design does for speed (recorded in every manifest; measured in docs/benchmarks.md).
 GRAPH_OPTIMIZATIONS = [
@@ -87,8 +89,9 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
-    """Write the encoder and decoder-step graphs of `model` (fp32) into `out_dir`.
+def export_graphs(model: Transformer, out_dir: Path, *, shortlist: bool = False) -> dict[str, str]:
+    """Write the encoder and decoder-step graphs of `model` (fp32) into `out_dir`, and with
+    `shortlist` the step over a vocabulary shortlist and the graph of its output rows.
 
     Returns the graph files by role. Each graph passes onnx.checker's full check (shape
     inference included) before this returns.
@@ -103,10 +106,41 @@ def export_graphs(model: Transformer, out_dir: Path) -> dict[str, str]:
     log.info("exporting the decoder step")
     cache = [{0: batch, 2: capacity}] * layers
     cross = [{0: sources, 2: source_len}] * layers
-    _export(DecoderStepGraph(model), step_args, *decoder_names(layers),
-            {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: sources, 1: source_len},
-             "eos_allowed": {0: batch}, "candidates": {0: Dim("candidates", min=1, max=MAX_CANDIDATES)},
-             "query_grid": {0: sources, 1: Dim("query_group", min=1, max=QUERY_GROUP)}, "query_slots": {0: batch},
-             "cross_keys": cross, "cross_values": cross, "cache_keys": cache, "cache_values": cache},
-            out_dir / DECODER_FILE)
-    return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+    step_shapes = {"tokens": {0: batch}, "positions": {0: batch}, "source_mask": {0: sources, 1: source_len},
+                   "eos_allowed": {0: batch}, "candidates": {0: Dim("candidates", min=1, max=MAX_CANDIDATES)},
+                   "query_grid": {0: sources, 1: Dim("query_group", min=1, max=QUERY_GROUP)},
+                   "query_slots": {0: batch}, "cross_keys": cross, "cross_values": cross, "cache_keys": cache,
+                   "cache_values": cache}
+    _export(DecoderStepGraph(model), step_args, *decoder_names(layers), step_shapes, out_dir / DECODER_FILE)
+    graphs = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+    if shortlist:
+        log.info("exporting the decoder step over a vocabulary shortlist")
+        listed = Dim("shortlist", min=2, max=model.config.vocab_size)
+        vocabulary, allowed = shortlist_example(model, batch=step_args[0].shape[0])
+        _export(ShortlistStepGraph(model), (*step_args[:7], vocabulary, model.output_weight[vocabulary].detach(),
+                                            allowed, *step_args[7:]),
+                *decoder_names(layers, shortlist=True),
+                _after(step_shapes, "query_slots",  # in the order of the inputs: the exporter pairs them so
+                       {"vocabulary": {0: listed}, "output_rows": {0: listed}, "allowed": {0: batch, 1: listed}}),
+                out_dir / SHORTLIST_DECODER_FILE)
+        _export(OutputRowsGraph(model), (vocabulary,), *OUTPUT_ROWS_NAMES, {"vocabulary": {0: listed}},
+                out_dir / OUTPUT_ROWS_FILE)
+        graphs.update(decoder_shortlist=SHORTLIST_DECODER_FILE, output_rows=OUTPUT_ROWS_FILE)
+    return graphs
+
+
+def _after(shapes: dict, name: str, inserted: dict) -> dict:
+    """`shapes` with `inserted` placed right after `name`."""
+    items = list(shapes.items())
+    at = [key for key, _ in items].index(name) + 1
+    return dict(items[:at] + list(inserted.items()) + items[at:])
+
+
+def shortlist_example(model: Transformer, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's vocabulary (the specials and every third token) and rows allowed different
+    parts of it, so both are traced as data."""
+    c = model.config
+    vocabulary = torch.cat([torch.arange(4), torch.arange(4, c.vocab_size, 3)])
+    allowed = torch.ones(batch, len(vocabulary), dtype=torch.bool)
+    allowed[0, len(vocabulary) // 2:] = False
+    return vocabulary, allowed

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from model.scoring import score_translations
 from model.search import DecodeOptions, length_sorted_batches
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
-from server.runtime import (EngineScores, OnnxGraphs, ParityReport, TensorParity, Tolerance, TranslationParity,
-                            pad_ids)
+from server.runtime import (EngineScores, OnnxGraphs, ParityReport, Shortlist, TensorParity, Tolerance,
+                            TranslationParity, pad_ids)
 from server.runtime import translate_ids as onnx_translate_ids
 
 
@@ -142,11 +143,17 @@ def tensor_parity(model: Transformer, graphs: OnnxGraphs, real_sources: list[lis
 
 
 def _reference(model: Transformer, sources: list[list[int]], options: DecodeOptions, batch_size: int,
-               progress: Callable[[int], None] | None) -> list[list[int]]:
-    """The PyTorch reference decoder's best translations, in static length-sorted batches."""
+               progress: Callable[[int], None] | None, shortlist: Shortlist | None = None) -> list[list[int]]:
+    """The PyTorch reference decoder's best translations, in static length-sorted batches, each
+    over its vocabulary shortlist when there is one."""
     tokens: list[list[int]] = [[] for _ in sources]
     for chunk in length_sorted_batches([len(s) for s in sources], batch_size):
-        for i, hyps in zip(chunk, reference_translate_ids(model, pad([sources[i] for i in chunk]), options)):
+        allowed = None
+        if shortlist is not None:
+            allowed = torch.zeros(len(chunk), model.config.vocab_size, dtype=torch.bool)
+            for row, i in enumerate(chunk):
+                allowed[row, torch.from_numpy(shortlist.for_source(sources[i]))] = True
+        for i, hyps in zip(chunk, reference_translate_ids(model, pad([sources[i] for i in chunk]), options, allowed)):
             tokens[i] = hyps[0].tokens
         if progress:
             progress(len(chunk))
@@ -164,13 +171,14 @@ def _engine(graphs: OnnxGraphs, sources: list[list[int]], options: DecodeOptions
 def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]],
                        beam_size: int, *, batch_size: int = 32,
                        progress: Callable[[int], None] | None = None) -> TranslationParity:
-    """Decode `pairs`' sources with both engines; token agreement and scores of each."""
+    """Decode `pairs`' sources with both engines (over the graphs' shortlist where they have one);
+    token agreement and scores of each."""
     options = DecodeOptions(beam_size=beam_size)
     sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
     references = [t for _, t in pairs]
     outputs, scores = {}, {}
     for engine, decode in (
-        ("pytorch", lambda: _reference(model, sources, options, batch_size, progress)),
+        ("pytorch", lambda: _reference(model, sources, options, batch_size, progress, graphs.shortlist)),
         ("onnxruntime", lambda: _engine(graphs, sources, options, batch_size, progress)),
     ):
         start = time.perf_counter()
@@ -181,7 +189,8 @@ def translation_parity(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokeni
     differing = [i for i, (a, b) in enumerate(zip(outputs["pytorch"], outputs["onnxruntime"])) if a != b]
     return TranslationParity(beam_size, len(pairs), scores["pytorch"], scores["onnxruntime"],
                              identical=len(pairs) - len(differing), first_differences=differing[:10],
-                             bleu_change=scores["onnxruntime"].bleu - scores["pytorch"].bleu)
+                             bleu_change=scores["onnxruntime"].bleu - scores["pytorch"].bleu,
+                             shortlist=graphs.shortlist is not None)
 
 
 def judge(tensors: TensorParity, translations: list[TranslationParity], tolerance: Tolerance) -> list[str]:
@@ -203,11 +212,15 @@ def judge(tensors: TensorParity, translations: list[TranslationParity], toleranc
 def verify(model: Transformer, graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]], precision: str,
            *, beam_sizes: tuple[int, ...] = (1, 4), batch_size: int = 32,
            progress: Callable[[int], None] | None = None) -> ParityReport:
-    """The full parity report of an exported version, with its verdict under `precision`'s tolerance."""
+    """The full parity report of an exported version, with its verdict under `precision`'s tolerance.
+    A version with a vocabulary shortlist is checked over the whole vocabulary and over its
+    shortlist: the runtime decodes either way (SessionConfig.shortlist)."""
     sources = tokenizer.encode_sources([s for s, _ in pairs], model.config.max_positions)
     tolerance = TOLERANCES[precision]
-    tensors = tensor_parity(model, graphs, sources)
-    translations = [translation_parity(model, graphs, tokenizer, pairs, beam, batch_size=batch_size,
-                                       progress=progress) for beam in beam_sizes]
+    whole = OnnxGraphs(graphs.dir, replace(graphs.session_config, shortlist=False), manifest=graphs.manifest) \
+        if graphs.shortlist is not None else graphs
+    tensors = tensor_parity(model, whole, sources)
+    translations = [translation_parity(model, g, tokenizer, pairs, beam, batch_size=batch_size, progress=progress)
+                    for g in dict.fromkeys([whole, graphs]) for beam in beam_sizes]
     failures = judge(tensors, translations, tolerance)
     return ParityReport(precision, tolerance, tensors, translations, failures, passed=not failures)

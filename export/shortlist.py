@@ -23,7 +23,7 @@ CHUNK = 4096  # sentence pairs per vectorised batch
 
 
 def build_shortlist(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_size: int, *,
-                    per_source: int = 200, frequent: int = 1500, always: Iterable[int] = (),
+                    per_source: int = 200, frequent: int = 500, always: Iterable[int] = (),
                     iterations: int = 3) -> Shortlist:
     """pairs: (source ids, target ids) of each sentence pair, as the tokenizer encodes them."""
     sets = [(np.unique(np.asarray(s, np.int64)), np.unique(np.asarray(t, np.int64))) for s, t in pairs]

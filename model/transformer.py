@@ -284,6 +284,11 @@ class Transformer(nn.Module):
             return hidden @ self.target_embedding.tokens.weight.t()
         return self.output(hidden)
 
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """(V, D): the output projection's rows, one per target token (the target embedding when tied)."""
+        return self.target_embedding.tokens.weight if self.output is None else self.output.weight
+
     def decode(
         self,
         tgt: torch.Tensor,

@@ -36,7 +36,8 @@ import numpy as np
 from model.search import MAX_BEAM_SIZE, DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy
 from server.runtime.allocator import map_large_blocks
 from server.runtime.graph_io import QUERY_GROUP, candidates_for, entries_for, query_width
-from server.runtime.graphs import Cache, OnnxGraphs, cache_shape
+from server.runtime.graphs import Cache, OnnxGraphs, Restricted, cache_shape
+from server.runtime.shortlist import Shortlist, restriction
 from server.runtime.static_cache import Bucket, StaticCache
 
 log = logging.getLogger("rosetta.engine")
@@ -84,11 +85,13 @@ class _Live:
     slots: list[int] = field(default_factory=list)  # the engine's rows it holds, one per beam
     entries: list[int] = field(default_factory=list)  # its source's cross-attention entries, one per QUERY_GROUP beams
     shared: list[list[int]] = field(default_factory=list)  # [a][b]: how many first tokens beams a and b share
+    vocabulary: np.ndarray | None = None  # the tokens it may produce (its shortlist); None: all
 
     @classmethod
-    def start(cls, sentence: Sentence, max_positions: int) -> _Live:
+    def start(cls, sentence: Sentence, max_positions: int, shortlist: Shortlist | None = None) -> _Live:
         k = sentence.options.beam_size
-        live = cls(sentence, sentence.options.target_limit(len(sentence.ids), max_positions), len(sentence.ids))
+        live = cls(sentence, sentence.options.target_limit(len(sentence.ids), max_positions), len(sentence.ids),
+                   vocabulary=None if shortlist is None else shortlist.for_source(sentence.ids))
         if k == 1:
             live.greedy = SentenceGreedy()
         else:  # only beam 0 is real at the start; the others would duplicate it
@@ -150,6 +153,7 @@ class Engine:
         self._entry_held = np.zeros(0, bool)  # each cross-attention entry: held by a sentence (else free)
         self._cross: tuple[Cache, Cache] = ([], [])  # one entry per source (and QUERY_GROUP beams)
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # the step's query_grid, query_slots
+        self._restricted: Restricted | None = None  # the step's shortlist (vocabulary, output_rows, allowed)
         self._past: tuple[Cache, Cache] = ([], [])
         self._origins: np.ndarray | None = None  # after a step: the slot each slot continues (beams)
         self._shared = np.zeros(0, np.int64)  # with _origins: the first column a slot's row and its origin's differ
@@ -187,7 +191,8 @@ class Engine:
         eos_allowed = self._eos_allowed()
         widest = max(live.rows for live in self.live)
         out = self.graphs.step(self._tokens, self._positions, eos_allowed, *self._cross, self._source_mask,
-                               *self._past, candidates=candidates_for(widest), query=self._query_grid(widest))
+                               *self._past, candidates=candidates_for(widest), query=self._query_grid(widest),
+                               shortlist=self._restriction())
         self._past = tuple(self.graphs.append(cache, self._positions, new)
                            for cache, new in zip(self._past, (out.keys, out.values)))
         self._advance(out.top_log_probs, out.top_ids)
@@ -250,7 +255,7 @@ class Engine:
                 live.sentence.done(done)
                 self._held[live.slots] = False
                 self._entry_held[live.entries] = False
-                self._grid = None
+                self._recomposed()
         self._origins, self._shared = origins, shared
         positions = self._positions if origins is None else self._positions[origins]
         self._positions = np.where(self._held, positions + 1, 0)  # free slots: nothing cached
@@ -272,7 +277,7 @@ class Engine:
                 self._clear()
             return
         self._reorder_past()
-        self._grid = None
+        self._recomposed()
         free = self._arrange_rows(wanted, compact)
         free_entries = self._arrange_entries(joining, wanted_entries, compact_entries)
         if joining:
@@ -385,7 +390,7 @@ class Engine:
         self._tokens[slots] = c.bos_id
         row = entry = 0
         for sentence, count in zip(joining, counts):
-            live = _Live.start(sentence, c.max_positions)
+            live = _Live.start(sentence, c.max_positions, g.shortlist)
             live.slots = slots[row: row + sentence.rows].tolist()
             live.entries = entries[entry: entry + count].tolist()
             row, entry = row + sentence.rows, entry + count
@@ -399,6 +404,23 @@ class Engine:
         g = self.graphs
         self._cross = tuple(g.write(cache, entries, new) for cache, new in zip(self._cross, encoded)) \
             if self._cross[0] else tuple(encoded)
+
+    def _recomposed(self) -> None:
+        """The sentences in flight or their slots changed: what was kept for their steps is stale."""
+        self._grid = self._restricted = None
+
+    def _restriction(self) -> Restricted | None:
+        """The step's vocabulary shortlist (None without one, server/runtime/shortlist.py): the
+        union of its sentences' lists, their output rows and each row's own share of the union.
+        Kept until the sentences in flight change."""
+        if self.graphs.shortlist is None:
+            return None
+        if self._restricted is None:
+            vocabulary, allowed = restriction([live.vocabulary for live in self.live],
+                                              [live.slots for live in self.live], len(self._held),
+                                              self.graphs.config.vocab_size)
+            self._restricted = vocabulary, self.graphs.output_rows(vocabulary), allowed
+        return self._restricted
 
     def _query_grid(self, widest: int) -> tuple[np.ndarray, np.ndarray]:
         """The step's query_grid (entries, width) and query_slots (rows, 2) (graph_io): beam i of
@@ -456,6 +478,10 @@ class StaticEngine(Engine):
     BUCKET_GROWTH = 4
 
     def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
+        if graphs.shortlist is not None:
+            raise ValueError("the static cache's steps run at fixed shapes, and a vocabulary shortlist's size "
+                             "changes with the sentences in flight: serve this version with shortlist off or the "
+                             "resizing cache")
         self.slots = max(max_rows, MAX_BEAM_SIZE)
         self.cache: StaticCache | None = StaticCache(graphs, self.slots)
         self._buckets: dict[int, Bucket] = {}
@@ -503,7 +529,7 @@ class StaticEngine(Engine):
         if joining:
             free = np.flatnonzero(~self._held)[: sum(s.rows for s in joining)].tolist()
             free_entries = np.flatnonzero(~self._entry_held)[: sum(entries_for(s.rows) for s in joining)].tolist()
-            self._grid = None
+            self._recomposed()
             self._admit(joining, free, free_entries)
 
     def _write_sources(self, entries: np.ndarray, encoded: list[Cache]) -> None:
@@ -533,7 +559,7 @@ class StaticEngine(Engine):
         entry[sources] = targets
         for live in self.live:
             live.slots, live.entries = slot[live.slots].tolist(), entry[live.entries].tolist()
-        self._grid = None
+        self._recomposed()
 
     def _bucket_rows(self) -> int:
         """The smallest bucket holding every slot and entry in use."""

@@ -28,6 +28,17 @@ decoder.onnx (one step)
          top_ids           int64   (batch, k)             their token ids
          new_key_{i}       float32 (batch, heads, 1, head_dim)   this position's key and value: the
          new_value_{i}     float32 (batch, heads, 1, head_dim)   caller writes them at column positions[b]
+
+decoder_shortlist.onnx (one step over a vocabulary shortlist; versions exported with one)
+    in   as decoder.onnx, and after query_slots:
+         vocabulary        int64   (shortlist,)           the step's token ids, sorted (server/runtime/shortlist.py)
+         output_rows       float32 (shortlist, d_model)   their output-projection rows (output_rows.onnx)
+         allowed           bool    (batch, shortlist)     the tokens each row's sentence may produce
+    out  as decoder.onnx; logits (batch, shortlist), -inf where not allowed; top_ids are token ids
+
+output_rows.onnx
+    in   vocabulary        int64   (shortlist,)
+    out  output_rows       float32 (shortlist, d_model)
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from model.search import MAX_BEAM_SIZE
 
 # Beam search with K beams needs each row's best 2K tokens (export/graphs.py); greedy reads the best.
 MAX_CANDIDATES = 2 * MAX_BEAM_SIZE
+# The tokens that the decoding rules can rule out of a step's best: PAD, BOS and EOS. A step
+# ranks each row's best k + RULED tokens.
+RULED = 3
 
 
 # A source's cross-attention entry serves up to this many rows (a sentence's beams) in one
@@ -79,9 +93,13 @@ def encoder_names(layers: int) -> tuple[list[str], list[str]]:
     return ["source_ids"], cache_names("cross", layers)
 
 
-def decoder_names(layers: int) -> tuple[list[str], list[str]]:
-    """The decoder step graph's input and output names."""
+def decoder_names(layers: int, *, shortlist: bool = False) -> tuple[list[str], list[str]]:
+    """The decoder step graph's input and output names (of decoder_shortlist.onnx with `shortlist`)."""
     inputs = ["tokens", "positions", "source_mask", "eos_allowed", "candidates", "query_grid", "query_slots",
-              *cache_names("cross", layers), *cache_names("cache", layers)]
+              *SHORTLIST_INPUTS * shortlist, *cache_names("cross", layers), *cache_names("cache", layers)]
     outputs = ["logits", "top_log_probs", "top_ids", *cache_names("new", layers)]
     return inputs, outputs
+
+
+SHORTLIST_INPUTS = ["vocabulary", "output_rows", "allowed"]
+OUTPUT_ROWS_NAMES = (["vocabulary"], ["output_rows"])

@@ -24,12 +24,14 @@ import numpy as np
 import onnxruntime as ort
 
 from model.config import ModelConfig
-from server.runtime.graph_io import MAX_CANDIDATES, cache_names, own_sources
+from server.runtime.graph_io import MAX_CANDIDATES, SHORTLIST_INPUTS, cache_names, own_sources
 from server.runtime.repository import Manifest, load_manifest
 from server.runtime.sessions import CUDA, SessionConfig, create_session
+from server.runtime.shortlist import Shortlist
 
 Tensor = np.ndarray | ort.OrtValue
 Cache = list[Tensor]  # one (B, H, C, Dh) tensor per decoder layer
+Restricted = tuple[np.ndarray, np.ndarray, np.ndarray]  # a shortlist step's vocabulary, output_rows, allowed
 
 
 @dataclass
@@ -204,6 +206,14 @@ class OnnxGraphs:
         # every token with the same shapes, keeps its arena.
         self.encoder = create_session(self.dir / self.manifest.graphs["encoder"], session_config, arena=False)
         self.decoder = create_session(self.dir / self.manifest.graphs["decoder"], session_config, step=True)
+        # With a vocabulary shortlist, steps run its own decoder graph, over the output rows of
+        # the tokens their sentences may produce (server/runtime/shortlist.py).
+        self.shortlist: Shortlist | None = None
+        if self.manifest.shortlist and session_config.shortlist:
+            self.shortlist = Shortlist.load(self.dir / self.manifest.shortlist)
+            self.shortlist_decoder = create_session(self.dir / self.manifest.graphs["decoder_shortlist"],
+                                                    session_config, step=True)
+            self._output_rows = create_session(self.dir / self.manifest.graphs["output_rows"], session_config)
         self.dtype = np.float16 if self.encoder.get_outputs()[0].type == "tensor(float16)" else np.float32
         layers = self.config.decoder_layers
         self._cross_names = cache_names("cross", layers)
@@ -392,20 +402,27 @@ class OnnxGraphs:
                 self._cache_ops[kind, count] = create_session(build(count, self.dtype), self.session_config)
             return self._cache_ops[kind, count]
 
+    def output_rows(self, vocabulary: np.ndarray) -> np.ndarray:
+        """The output projection's rows of the tokens `vocabulary` (V', D): the shortlist step's input."""
+        return self._output_rows.run(["output_rows"], {"vocabulary": vocabulary})[0]
+
     def _inputs(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
                 cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
-                candidates: int = MAX_CANDIDATES,
-                query: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Tensor]:
+                candidates: int = MAX_CANDIDATES, query: tuple[np.ndarray, np.ndarray] | None = None,
+                shortlist: Restricted | None = None) -> dict[str, Tensor]:
         query_grid, query_slots = query if query is not None else own_sources(len(tokens))
         feeds = {"tokens": tokens, "positions": positions, "source_mask": source_mask, "eos_allowed": eos_allowed,
                  "candidates": np.zeros(candidates, np.int64), "query_grid": query_grid, "query_slots": query_slots}
+        if shortlist is not None:
+            feeds.update(zip(SHORTLIST_INPUTS, shortlist))
         feeds.update(zip(self._cross_names, [*cross_keys, *cross_values]))
         feeds.update(zip(self._cache_names, [*cache_keys, *cache_values]))
         return feeds
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, eos_allowed: np.ndarray, cross_keys: Cache,
              cross_values: Cache, source_mask: np.ndarray, cache_keys: Cache, cache_values: Cache, *,
-             candidates: int = MAX_CANDIDATES, query: tuple[np.ndarray, np.ndarray] | None = None) -> StepOutput:
+             candidates: int = MAX_CANDIDATES, query: tuple[np.ndarray, np.ndarray] | None = None,
+             shortlist: Restricted | None = None) -> StepOutput:
         """One decoder step for tokens (B, 1); row b has positions[b] cached tokens, the first
         columns of the (B, H, C, Dh) cache, which the step reads and does not change. The
         cross-attention caches hold one entry per source (G, H, S, Dh); `query` = (query_grid,
@@ -413,11 +430,13 @@ class OnnxGraphs:
 
         The graph applies the decoding rules (no PAD or BOS; EOS only where `eos_allowed`) and
         returns each row's best `candidates` tokens (graph_io.candidates_for) and this
-        position's keys and values; the full logits are not fetched.
+        position's keys and values; the full logits are not fetched. `shortlist` = (vocabulary,
+        output_rows, allowed): the step over a vocabulary shortlist (graph_io).
         """
         feeds = self._inputs(tokens, positions, eos_allowed, cross_keys, cross_values, source_mask, cache_keys,
-                             cache_values, candidates=candidates, query=query)
-        top_log_probs, top_ids, *new = self._run(self.decoder, feeds, ["top_log_probs", "top_ids"], self._new_names)
+                             cache_values, candidates=candidates, query=query, shortlist=shortlist)
+        session = self.decoder if shortlist is None else self.shortlist_decoder
+        top_log_probs, top_ids, *new = self._run(session, feeds, ["top_log_probs", "top_ids"], self._new_names)
         layers = self.config.decoder_layers
         return StepOutput(top_log_probs.astype(np.float32, copy=False), top_ids, new[:layers], new[layers:])
 
@@ -425,5 +444,6 @@ class OnnxGraphs:
         """Logits (B, V) and the new position's keys and values of one step (arguments as
         `step`): for parity checks."""
         layers = self.config.decoder_layers
-        logits, *new = self._run(self.decoder, self._inputs(*args, **kwargs), ["logits"], self._new_names)
+        session = self.decoder if kwargs.get("shortlist") is None else self.shortlist_decoder
+        logits, *new = self._run(session, self._inputs(*args, **kwargs), ["logits"], self._new_names)
         return logits, new[:layers], new[layers:]

@@ -27,7 +27,8 @@ class EngineScores:
 
 @dataclass(frozen=True)
 class TranslationParity:
-    """Both engines translating the same test pairs with one beam size."""
+    """Both engines translating the same test pairs with one beam size, each sentence over its
+    vocabulary shortlist in both when `shortlist`."""
 
     beam_size: int
     sentences: int
@@ -36,10 +37,11 @@ class TranslationParity:
     identical: int  # sentences whose tokens are the same in both
     first_differences: list[int]  # indices of the first sentences that differ
     bleu_change: float  # onnxruntime - pytorch
+    shortlist: bool = False
 
     @property
     def mode(self) -> str:
-        return mode_label(self.beam_size)
+        return mode_label(self.beam_size) + (", shortlist" if self.shortlist else "")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class Manifest:
     probes: str = ""  # file name of the probes a loader replays before serving (export/probes.py)
     weights: str = ""  # file name of the weights the graphs share (export/weights.py); "" = inside each graph
     confidence: Calibration | None = None  # how the text path maps log-probability to confidence
+    shortlist: str = ""  # file name of the vocabulary shortlist (server/runtime/shortlist.py); "" = none
     format: int = MANIFEST_FORMAT
 
     @property

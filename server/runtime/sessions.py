@@ -69,6 +69,8 @@ class SessionConfig:
         shapes with its inputs and outputs bound once, and on CUDA each bucket's step and append
         captured as CUDA graphs (server/runtime/engine.py, StaticEngine). Off by default: not yet
         measured on a GPU, and on CPUs slower, as every step reads max_positions columns a row.
+    shortlist: decode over the version's vocabulary shortlist where it has one (its probes were
+        recorded so); False: over the whole vocabulary (the parity gate checks both ways).
     """
 
     device: str = "auto"
@@ -80,6 +82,7 @@ class SessionConfig:
     device_cache: bool | None = None
     max_rows: int = 0
     static_cache: bool = False
+    shortlist: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -25,6 +25,7 @@ from ctranslate2.specs import attention_spec, common_spec, transformer_spec
 from model.attention import CrossAttention, SelfAttention
 from model.config import EOS_ID, ModelConfig
 from model.transformer import FeedForward, Transformer
+from server.runtime import Shortlist
 
 # CTranslate2 finds the special tokens by these strings (its SequenceToSequenceModelConfig defaults).
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<blank>", "<unk>", "<s>", "</s>"
@@ -141,11 +142,26 @@ def build_ctranslate2_model(model: Transformer, out_dir: Path, *, quantization: 
     return out_dir
 
 
+def write_vmap(shortlist: Shortlist, model_dir: Path) -> None:
+    """Our vocabulary shortlist (server/runtime/shortlist.py) as the model's vmap.txt, which
+    CTranslate2 reads from its model directory: one line per source token with its candidates
+    (itself among them: our lists hold a sentence's own tokens), and the tokens every sentence
+    may produce on the line with an empty source. CTranslate2 restricts a whole batch to the
+    union of its sentences' candidates (ours restricts each row to its own sentence's list)."""
+    tokens = json.loads((model_dir / VOCABULARY_FILE).read_text(encoding="utf-8"))
+    lines = ["\t" + " ".join(tokens[i] for i in shortlist.always)]
+    for source in range(shortlist.vocab_size):
+        candidates = shortlist.targets[shortlist.offsets[source]: shortlist.offsets[source + 1]]
+        lines.append(tokens[source] + "\t" + " ".join(tokens[i] for i in [*candidates, source]))
+    (model_dir / "vmap.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 class CTranslate2Engine:
     """A CTranslate2 Translator on CPU that takes and returns our token ids."""
 
     def __init__(self, model_dir: Path, *, compute_type: str = "float32", intra_threads: int = 2,
-                 inter_threads: int = 1) -> None:
+                 inter_threads: int = 1, use_vmap: bool = False) -> None:
+        self.use_vmap = use_vmap  # restrict the output vocabulary by the model's vmap.txt (write_vmap)
         self.translator = ctranslate2.Translator(str(model_dir), device="cpu", compute_type=compute_type,
                                                  intra_threads=intra_threads, inter_threads=inter_threads)
         self.tokens: list[str] = json.loads((model_dir / VOCABULARY_FILE).read_text(encoding="utf-8"))
@@ -172,6 +188,7 @@ class CTranslate2Engine:
             max_input_length=0,  # no truncation: our sources always fit max_positions
             suppress_sequences=[[PAD_TOKEN], [BOS_TOKEN]],
             return_end_token=False,
+            use_vmap=self.use_vmap,
         )
         return [[self.ids[token] for token in result.hypotheses[0]] for result in results]
 

@@ -52,6 +52,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOAD = ROOT.parent / "shared" / "bench" / "workload.toml"
 ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-int8", "ctranslate2-fp32", "ctranslate2-int8"]
+# On request (--engines): both sides with a vocabulary shortlist built from --tokenizer-corpus,
+# ours exported with it (docs/export.md), CTranslate2's as its vmap.txt of the same lists.
+SHORTLIST_ENGINES = ["onnxruntime-fp32-shortlist", "ctranslate2-fp32-vmap"]
 CUDA_ENGINES = ["pytorch", "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"]
 # CTranslate2 is timed in each of these settings (back-end, intra-op threads) and reported at its
 # best per mode: its default 2-thread MKL setting is far from its best on these machines.
@@ -91,7 +94,7 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path,
     """
     import torch
 
-    from export.cli import export_version
+    from export.cli import ShortlistSettings, export_version
     from model.checkpoint import save_checkpoint
     from model.config import ModelConfig
     from model.tokenizer import Tokenizer
@@ -120,10 +123,12 @@ def prepare_arch(workload: dict, arch: str, cache: Path, tokenizer_corpus: Path,
                                  decoder_layers=spec["decoder_layers"], dropout=0.0)
             model = Transformer(config).eval()
             save_checkpoint(arch_dir / "checkpoint", model, tokenizer, {"source_lang": "en", "target_lang": "es"})
-        for precision in missing:
-            print(f"[{arch}] exporting {precision}", file=sys.stderr, flush=True)
-            version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", precision, pairs[:16],
-                                                 precision=precision, beam_sizes=(1,))
+        for variant in missing:
+            print(f"[{arch}] exporting {variant}", file=sys.stderr, flush=True)
+            precision, _, shortlisted = variant.partition("-")
+            shortlist = ShortlistSettings(tokenizer_corpus) if shortlisted else None
+            version_dir, report = export_version(arch_dir / "checkpoint", arch_dir / "models", variant, pairs[:16],
+                                                 precision=precision, beam_sizes=(1,), shortlist=shortlist)
             if version_dir is None:
                 raise SystemExit(f"{arch} {precision}: export failed its parity gate: {report.failures}")
     return arch_dir
@@ -227,8 +232,8 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
         from server.runtime import OnnxGraphs, SessionConfig
         from server.runtime import translate_ids as onnx_translate_ids
 
-        precision = engine.split("-")[1]
-        graphs = OnnxGraphs(arch_dir / "models" / precision / "1",
+        variant = engine.removeprefix("onnxruntime-")  # fp32, int8, fp16 or fp32-shortlist
+        graphs = OnnxGraphs(arch_dir / "models" / variant / "1",
                             SessionConfig(device=device, streams=streams, intra_op_threads=intra,
                                           inter_op_threads=inter, device_cache=device_cache))
 
@@ -239,17 +244,21 @@ def engine_decoder(engine: str, arch_dir: Path, threads: tuple[int, int], stream
         return decode
     if engine.startswith("ctranslate2-"):
         sys.path.insert(0, str(ROOT / "bench"))
-        from ctranslate2_engine import CTranslate2Engine, build_ctranslate2_model
+        from ctranslate2_engine import CTranslate2Engine, build_ctranslate2_model, write_vmap
 
         from model.checkpoint import load_checkpoint
 
-        precision = engine.split("-")[1]
-        ct2_dir = arch_dir / f"ctranslate2-{precision}"
+        precision, vmap = engine.split("-")[1], engine.endswith("-vmap")
+        ct2_dir = arch_dir / engine
         if not ct2_dir.exists():
             build_ctranslate2_model(load_checkpoint(arch_dir / "checkpoint").model, ct2_dir,
                                     quantization=None if precision == "fp32" else "int8")
+            if vmap:
+                from server.runtime import SHORTLIST_FILE, Shortlist
+
+                write_vmap(Shortlist.load(arch_dir / "models" / "fp32-shortlist" / "1" / SHORTLIST_FILE), ct2_dir)
         translator = CTranslate2Engine(ct2_dir, compute_type="float32" if precision == "fp32" else "int8",
-                                       intra_threads=intra, inter_threads=inter)
+                                       intra_threads=intra, inter_threads=inter, use_vmap=vmap)
 
         def decode(batch: list[list[int]], beam: int, length: int) -> None:
             out = translator.translate_ids(batch, beam_size=beam, min_length=length, max_length=length,
@@ -455,21 +464,28 @@ def ratios(results: dict) -> None:
         for engine, modes in arch.items():
             if "error" in modes:
                 continue
-            precision = engine.rsplit("-", 1)[-1] if "-" in engine else "fp32"
             for mode, figures in modes.items():
                 if not isinstance(figures, dict):
                     continue
-                for baseline, key in (("pytorch", "vs_pytorch"), (f"ctranslate2-{precision}", "vs_ctranslate2")):
+                for baseline, key in (("pytorch", "vs_pytorch"), (ctranslate2_counterpart(engine), "vs_ctranslate2")):
                     base = arch.get(baseline, {}).get(mode)
                     if isinstance(base, dict):
                         figures[key] = figures["tokens_per_s"] / base["tokens_per_s"]
+
+
+def ctranslate2_counterpart(engine: str) -> str:
+    """The CTranslate2 engine an engine is compared with: the same precision, and the same
+    vocabulary reduction (a shortlist against a vmap)."""
+    if engine == "pytorch":
+        return "ctranslate2-fp32"
+    return engine.replace("onnxruntime-", "ctranslate2-").replace("-shortlist", "-vmap")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
     w = sub.add_parser("worker", help="(internal) time one engine")
-    w.add_argument("--engine", required=True, choices=sorted(set(ENGINES + CUDA_ENGINES)))
+    w.add_argument("--engine", required=True, choices=sorted(set(ENGINES + CUDA_ENGINES + SHORTLIST_ENGINES)))
     w.add_argument("--arch-dir", type=Path, required=True)
     w.add_argument("--workload", type=Path, default=WORKLOAD)
     w.add_argument("--threads", type=int, help="intra-op threads (default: the workload's)")
@@ -481,8 +497,9 @@ def main() -> None:
     p.add_argument("--archs", nargs="*", default=["small", "base"])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the PyTorch reference and our runtime on the GPU (engines: CUDA_ENGINES)")
-    p.add_argument("--engines", nargs="*", choices=sorted(set(ENGINES + CUDA_ENGINES)),
-                   help=f"default: {' '.join(ENGINES)} (cpu), {' '.join(CUDA_ENGINES)} (cuda)")
+    p.add_argument("--engines", nargs="*", choices=sorted(set(ENGINES + CUDA_ENGINES + SHORTLIST_ENGINES)),
+                   help=f"default: {' '.join(ENGINES)} (cpu), {' '.join(CUDA_ENGINES)} (cuda); on request "
+                        f"{' '.join(SHORTLIST_ENGINES)} (fp32, each with a vocabulary shortlist)")
     p.add_argument("--tokenizer", type=Path, help="a trained tokenizer for the random models, instead of "
                                                    "training one on --tokenizer-corpus")
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / ".cache", help="random models and their exports")
@@ -495,7 +512,8 @@ def main() -> None:
         return
     workload = load_workload(args.workload)
     engines = args.engines or (CUDA_ENGINES if args.device == "cuda" else ENGINES)
-    precisions = tuple(p for p in ("fp32", "fp16", "int8") if f"onnxruntime-{p}" in engines)
+    precisions = tuple(p for p in ("fp32", "fp16", "int8", "fp32-shortlist")
+                       if f"onnxruntime-{p}" in engines or (p == "fp32-shortlist" and "ctranslate2-fp32-vmap" in engines))
     results: dict = {}
     for arch in args.archs:
         arch_dir = prepare_arch(workload, arch, args.cache, args.tokenizer_corpus, args.tokenizer, precisions)
@@ -511,17 +529,17 @@ def main() -> None:
 def print_table(report: dict) -> None:
     print(f"{report['machine']['cpu']} ({', '.join(report['machine']['isa'])})"
           + (f", GPU {report['machine']['gpu']}" if report["machine"].get("gpu") else ""))
-    print(f"{'arch':6} {'engine':18} {'mode':11} {'tok/s':>8} {'ms/sent':>8} {'vs torch':>8} {'vs ct2':>7} {'RSS MB':>7}")
+    print(f"{'arch':6} {'engine':26} {'mode':11} {'tok/s':>8} {'ms/sent':>8} {'vs torch':>8} {'vs ct2':>7} {'RSS MB':>7}")
     for arch, engines in report["results"].items():
         for engine, modes in engines.items():
             if "error" in modes:
-                print(f"{arch:6} {engine:18} error: {modes['error']}")
+                print(f"{arch:6} {engine:26} error: {modes['error']}")
                 continue
             for mode, f in modes.items():
                 if not isinstance(f, dict):
                     continue
                 flag = (" (disturbed)" if f["disturbed"] else "") + (f" [{f['setting']}]" if "setting" in f else "")
-                print(f"{arch:6} {engine:18} {mode:11} {f['tokens_per_s']:8.0f} {f['ms_per_sentence']:8.1f} "
+                print(f"{arch:6} {engine:26} {mode:11} {f['tokens_per_s']:8.0f} {f['ms_per_sentence']:8.1f} "
                       f"{f.get('vs_pytorch', float('nan')):8.2f} {f.get('vs_ctranslate2', float('nan')):7.2f} "
                       f"{modes['peak_rss_mb']:7.0f}{flag}")
 

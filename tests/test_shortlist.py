@@ -142,3 +142,12 @@ def test_the_static_engine_refuses_a_shortlist_whose_size_changes_every_step(tin
     assert isinstance(Scheduler(Translator(tiny_shortlisted, SessionConfig(device="cpu", shortlist=False,
                                                                            static_cache=True)).graphs,
                                 max_rows=4).engines[0], StaticEngine)
+
+
+def test_the_exporter_refuses_a_shortlist_beyond_fp32(tiny_corpus, tmp_path, capsys):
+    from export.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["some/checkpoint", "--repository", str(tmp_path), "--test", str(tiny_corpus / "valid.tsv"),
+              "--precision", "int8", "--shortlist-corpus", str(tiny_corpus / "train.tsv")])
+    assert refused.value.code == 2 and "fp32 only" in capsys.readouterr().err

@@ -23,6 +23,10 @@ step. The cache is an input only: the step returns this position's keys and valu
 loop writes them into its cache in place, so no step copies the cache (a grown-cache output
 would be one copy of it per layer and step). `eos_allowed` is per row too: rows carry their
 own min_length.
+
+A version exported with a vocabulary shortlist (export/shortlist.py) has a second step graph,
+the same step with its output projection over the rows of the tokens its sentences may produce
+(ShortlistStepGraph), and a graph that gathers those rows (OutputRowsGraph).
 """
 
 from __future__ import annotations

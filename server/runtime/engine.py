@@ -480,8 +480,7 @@ class StaticEngine(Engine):
     def __init__(self, graphs: OnnxGraphs, max_rows: int) -> None:
         if graphs.shortlist is not None:
             raise ValueError("the static cache's steps run at fixed shapes, and a vocabulary shortlist's size "
-                             "changes with the sentences in flight: serve this version with shortlist off or the "
-                             "resizing cache")
+                             "changes with the sentences in flight: serve this version with the resizing cache")
         self.slots = max(max_rows, MAX_BEAM_SIZE)
         self.cache: StaticCache | None = StaticCache(graphs, self.slots)
         self._buckets: dict[int, Bucket] = {}

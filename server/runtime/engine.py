@@ -6,7 +6,9 @@ waiting ones join, their sources encoded as they join: a sentence never waits fo
 end, and a batch never waits for its longest sentence with idle rows. Each row carries its own
 position (the decoder step takes per-row positions, export/graphs.py), EOS rule and output
 budget, and each sentence its own options (beam size, length penalty, min/max length, n-best),
-so sentences with different options share steps.
+so sentences with different options share steps. With a version's vocabulary shortlist, a step
+computes only the tokens its sentences may produce, each row over its own sentence's list
+(server/runtime/shortlist.py).
 
 A `Scheduler` feeds `streams` engines from one queue of waiting sentences, lowest `priority`
 first. Each engine decodes in its own thread, started when there is work and ended when there

@@ -22,7 +22,7 @@ import torch
 
 from export.shortlist import build_shortlist
 from model.checkpoint import load_checkpoint
-from model.decoding import translate_ids
+from model.decoding import allowed_tokens, translate_ids
 from model.scoring import score_translations
 from model.search import DecodeOptions
 from model.tsv import read_test_pairs
@@ -46,11 +46,7 @@ def translate(model, sources: list[list[int]], options: DecodeOptions, lists: li
         src = torch.full((len(batch), max(len(sources[i]) for i in batch)), c.pad_id, dtype=torch.long)
         for row, i in enumerate(batch):
             src[row, : len(sources[i])] = torch.tensor(sources[i])
-        allowed = None
-        if lists is not None:
-            allowed = torch.zeros(len(batch), c.vocab_size, dtype=torch.bool)
-            for row, i in enumerate(batch):
-                allowed[row, torch.from_numpy(lists[i])] = True
+        allowed = None if lists is None else allowed_tokens([lists[i] for i in batch], c.vocab_size)
         for i, hypotheses in zip(batch, translate_ids(model, src, options, allowed)):
             out[i] = hypotheses[0].tokens
     return out

@@ -37,7 +37,7 @@ from model.checkpoint import TOKENIZER, load_checkpoint
 from model.progress import progress_bar
 from model.search import DEFAULT_BEAM_SIZE
 from model.tsv import TsvError, read_test_pairs, read_tsv
-from server.runtime import (SHORTLIST_FILE, Manifest, Shortlist, OnnxGraphs, ParityReport, SessionConfig, file_record,
+from server.runtime import (SHORTLIST_FILE, Manifest, OnnxGraphs, ParityReport, SessionConfig, Shortlist, file_record,
                             sha256_file)
 
 log = logging.getLogger("rosetta.export")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from model.batching import pad
+from model.decoding import allowed_tokens
 from model.decoding import translate_ids as reference_translate_ids
 from model.scoring import score_translations
 from model.search import DecodeOptions, length_sorted_batches
@@ -148,11 +149,8 @@ def _reference(model: Transformer, sources: list[list[int]], options: DecodeOpti
     over its vocabulary shortlist when there is one."""
     tokens: list[list[int]] = [[] for _ in sources]
     for chunk in length_sorted_batches([len(s) for s in sources], batch_size):
-        allowed = None
-        if shortlist is not None:
-            allowed = torch.zeros(len(chunk), model.config.vocab_size, dtype=torch.bool)
-            for row, i in enumerate(chunk):
-                allowed[row, torch.from_numpy(shortlist.for_source(sources[i]))] = True
+        allowed = None if shortlist is None else allowed_tokens([shortlist.for_source(sources[i]) for i in chunk],
+                                                                model.config.vocab_size)
         for i, hyps in zip(chunk, reference_translate_ids(model, pad([sources[i] for i in chunk]), options, allowed)):
             tokens[i] = hyps[0].tokens
         if progress:

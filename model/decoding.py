@@ -14,6 +14,9 @@ so the search is spelled out plainly:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from model.search import DecodeOptions, Hypothesis, SentenceBeams, SentenceGreedy, advance_beams
@@ -39,6 +42,14 @@ def translate_ids(model: Transformer, src: torch.Tensor, options: DecodeOptions,
     if options.beam_size == 1:
         return _greedy(model, src, options, allowed)
     return _beam(model, src, options, allowed)
+
+
+def allowed_tokens(lists: Sequence[np.ndarray], vocab_size: int) -> torch.Tensor:
+    """`translate_ids`' allowed (B, V) from each sentence's list of token ids (its shortlist)."""
+    allowed = torch.zeros(len(lists), vocab_size, dtype=torch.bool)
+    for row, own in enumerate(lists):
+        allowed[row, torch.as_tensor(own, dtype=torch.long)] = True
+    return allowed
 
 
 def _step_log_probs(logits: torch.Tensor, config, step: int, options: DecodeOptions,

@@ -15,6 +15,7 @@ from export.shortlist import build_shortlist
 from model.batching import pad
 from model.checkpoint import load_checkpoint
 
+from model.decoding import allowed_tokens
 from model.decoding import translate_ids as reference_translate_ids
 from model.search import DecodeOptions
 from server.runtime import Scheduler, SessionConfig, Translator, load_manifest
@@ -120,9 +121,7 @@ def test_each_sentence_produces_only_its_own_list_and_the_same_as_the_reference(
     for options in (DecodeOptions(), DecodeOptions(beam_size=3, n_best=3)):
         ours = onnx_translate_ids(graphs, ids, options, max_batch=8)
         lists = [graphs.shortlist.for_source(i) for i in ids]
-        allowed = torch.zeros(len(ids), c.vocab_size, dtype=torch.bool)
-        for row, own in enumerate(lists):
-            allowed[row, torch.from_numpy(own)] = True
+        allowed = allowed_tokens(lists, c.vocab_size)
         reference = [reference_translate_ids(checkpoint.model, pad([i]), options, allowed[row: row + 1])[0]
                      for row, i in enumerate(ids)]
         for hypotheses, expected, own in zip(ours, reference, lists):

@@ -19,7 +19,7 @@ from server.runtime.graphs import OnnxGraphs
 from server.runtime.engine import Result, Scheduler, Sentence, pad_ids, translate_ids
 from server.runtime.probes import PROBES_FILE, Heldout, Probe, Probes, replay
 from server.runtime.markup import Format
-from server.runtime.shortlist import SHORTLIST_FILE, Shortlist, restriction
+from server.runtime.shortlist import SHORTLIST_FILE, Shortlist
 from server.runtime.text import (JobRounds, TextJob, TextOptions, TextReport, TextTranslation, decoding_options,
                                  run_jobs)
 from server.runtime.translator import Translation, Translator
@@ -33,5 +33,5 @@ __all__ = [
     "Translator", "cache_names", "create_session", "cuda_unavailable_reason", "decoder_names",
     "decoding_options", "encoder_names", "file_record", "load_manifest", "mean_log_prob", "next_version",
     "pad_ids", "replay", "run_jobs", "sha256_file", "translate_ids", "versions", "Result", "Scheduler", "Sentence",
-    "SHORTLIST_FILE", "Shortlist", "restriction",
+    "SHORTLIST_FILE", "Shortlist",
 ]

@@ -5,13 +5,13 @@ A `StaticCache` holds `slots` rows of the self-attention cache (max_positions co
 many cross-attention entries (max_positions source tokens), every layer's keys and values, as
 ONNX Runtime values on the execution device, allocated once and never moved: sources are
 written into entries, and beams' rows (or rows and entries moving down) copied over others in
-place (ScatterND with its output bound to its input's buffer). A `Bucket` is a decoder step and an append on the cache's first
-`rows` slots and entries: two sessions whose symbolic dimensions are fixed
-(`create_session(dimensions=...)`, so their shape computations fold to constants), the cache
-bound as a prefix of its buffers by address, the per-step inputs as values changed in place,
-the outputs as values made once. On CUDA both sessions of a bucket are captured as CUDA graphs
-and replayed; ONNX Runtime then reads the addresses and shapes recorded at capture, which is
-why nothing here is ever reallocated (docs/benchmarks.md). No torch here.
+place (ScatterND with its output bound to its input's buffer). A `Bucket` is a decoder step and
+an append on the cache's first `rows` slots and entries: two sessions whose symbolic dimensions
+are fixed (`create_session(dimensions=...)`, so their shape computations fold to constants),
+the cache bound as a prefix of its buffers by address, the per-step inputs as values changed in
+place, the outputs as values made once. On CUDA both sessions of a bucket are captured as CUDA
+graphs and replayed; ONNX Runtime then reads the addresses and shapes recorded at capture,
+which is why nothing here is ever reallocated (docs/benchmarks.md). No torch here.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Reduced-precision variants of exported fp32 graphs.
 
-int8 (for CPUs): every MatMul by a weight becomes an integer matmul: weights int8, symmetric,
-one scale per output column; activations quantised on the fly, one scale per row (its largest
-magnitude), and multiplied by ONNX Runtime's u8 x s8 kernels (VNNI where the CPU has it).
+int8 (for CPUs): every MatMul by a weight becomes an integer matmul: weights int8, symmetric
+within +-63 (`WEIGHT_LEVELS`), one scale per output column; activations quantised on the fly,
+one scale per row (its largest magnitude), and multiplied by ONNX Runtime's u8 x s8 kernels
+(VNNI where the CPU has it).
 Row by row matters: ONNX Runtime's dynamic quantization (DynamicQuantizeLinear + MatMulInteger)
 takes one activation scale for the whole batch, so a sentence's translation changed with its
 batch mates (17 of 64 test sentences of the default model, alone against batched); a server
@@ -31,6 +32,13 @@ PRECISIONS = ("fp32", "int8", "fp16")
 # length (blocked quantization, opset 21) instead of Div, Add, Round and Cast: three nodes
 # fewer per matmul, which a one-row decoder step, its cost mostly per node, feels.
 INT8_OPSET = 21
+# Weights span -63..63, not -127..127. On x86 CPUs without VNNI (AVX2, AVX-512 before it: an
+# AMD Zen 3, say) ONNX Runtime's u8 x s8 kernel adds two adjacent products u8 * s8 into a
+# 16-bit integer that saturates at 32,767: 2 x 255 x 127 = 64,770 overflows it (on a Zen 3,
+# rows whose exact product was at most 30 came out up to 15 off: tests/test_export.py). 2 x 255
+# x 63 = 32,130 fits, so every CPU computes the exact integer product and a version gives the
+# same numbers on all, at half the weights' resolution (docs/export.md measures what it costs).
+WEIGHT_LEVELS = 63
 
 
 def fold_weight_transposes(path: Path) -> int:
@@ -77,7 +85,7 @@ def to_int8(path: Path) -> str:
     model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    return ("int8 matmuls: 8-bit symmetric weights, one scale per output column (the tied output projection "
+    return (f"int8 matmuls: symmetric weights within +-{WEIGHT_LEVELS}, one scale per output column (the tied output projection "
             "included); activations quantised row by row, one scale per row")
 
 
@@ -85,7 +93,7 @@ def quantize_matmuls(graph: onnx.GraphProto) -> int:
     """Replace every MatMul (or Gemm) by an fp32 initializer weight W (K, N) with its int8 form, in place.
 
     y = (q(x) - z) @ Wq * (s_row * s_col): W symmetric per output column (Wq int8, s_col =
-    max|W_col| / 127); x quantised to uint8 per row, s_row = max|x_row| / 127 around z = 128, or,
+    max|W_col| / WEIGHT_LEVELS); x quantised to uint8 per row, s_row = max|x_row| / 127 around z = 128, or,
     where x comes from a ReLU and is never negative, s_row = max(x_row) / 255 from z = 0. The
     product is ONNX Runtime's MatMulIntegerToFloat (com.microsoft), written out rather than left
     to its fusion of MatMulInteger, Cast and Mul: that fusion also takes in a following bias Add,
@@ -106,7 +114,7 @@ def quantize_matmuls(graph: onnx.GraphProto) -> int:
         w = numpy_helper.to_array(weight)
         if _attribute(node, "transB", 0):
             w = w.T
-        column_scales = np.abs(w).max(axis=0) / 127
+        column_scales = np.abs(w).max(axis=0) / WEIGHT_LEVELS
         column_scales[column_scales == 0] = 1  # an all-zero column: any scale gives zeros
         prefix = f"{node.output[0]}.int8."
         graph.initializer.extend([numpy_helper.from_array(np.round(w / column_scales).astype(np.int8), prefix + "w"),

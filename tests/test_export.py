@@ -25,7 +25,7 @@ from export import parity
 from export.cli import export_version, main as export_main
 from export.evaluate import main as evaluate_main
 from export.onnx_export import OPSET, export_graphs
-from export.quantize import INT8_OPSET, quantize_matmuls
+from export.quantize import INT8_OPSET, WEIGHT_LEVELS, quantize_matmuls
 from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
 from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, SessionConfig, file_record, load_manifest,
@@ -244,9 +244,34 @@ def test_int8_keeps_a_linear_layers_bias(layout):
     x, w, b = rng.standard_normal((5, 3, 16)), rng.standard_normal((24, 16)), rng.standard_normal(24) * 4
     x = x[:, 0] if layout == "gemm" else x
     y = _int8_linear(x, w, b, layout)
-    # x and W each rounded to 1/254 of their largest magnitude: errors of about 1% of |x| |W| sqrt(K);
-    # without the bias (|b| up to ~10) the error would be ten times that.
-    assert np.abs(y - (x @ w.T + b)).max() <= 0.01 * np.abs(x).max() * np.abs(w).max() * 16 ** 0.5
+    # x rounded to within 1/254 of its largest magnitude and W to within 1/126 (WEIGHT_LEVELS
+    # 63): errors of about 1.2% of |x| |W| sqrt(K); without the bias (|b| up to ~10) the error
+    # would be ten times that.
+    assert np.abs(y - (x @ w.T + b)).max() <= 0.012 * np.abs(x).max() * np.abs(w).max() * 16 ** 0.5
+
+
+@pytest.mark.parametrize("rectified", [False, True])
+def test_int8_products_are_exact_on_every_cpu(rectified):
+    """Rows at the quantised extremes (every value +-a: 0 or 255 as uint8; a ReLU's 0 or a: 0 or
+    255) times weights at theirs (+-b: +-WEIGHT_LEVELS) have no rounding error at all, so the
+    result must be x @ W^T + b to fp32 precision. On x86 CPUs without VNNI, whose u8 x s8 kernel
+    sums two products in a saturating 16-bit integer, weights of +-127 fail this (Zen 3: up to 15
+    off where |y| <= 30); the weight range is what keeps every CPU exact, so it is checked too."""
+    rng = np.random.default_rng(1)
+    k = 64
+    x = np.where(rng.random((6, k)) < 0.5, -3.0, 3.0)
+    w = np.where(rng.random((40, k)) < 0.5, -0.5, 0.5)
+    b = rng.standard_normal(40)
+    relu_x = np.maximum(x, 0) if rectified else x
+    y = _int8_linear(x, w, b, "gemm", rectified=rectified)
+    assert np.abs(y - (relu_x @ w.T + b)).max() <= 1e-4 * np.abs(relu_x @ w.T).max()
+    graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 40])],
+                                   [numpy_helper.from_array(w.T.astype(np.float32), "w")])
+    quantize_matmuls(graph)
+    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert weights and max(np.abs(q.astype(np.int64)).max() for q in weights) == WEIGHT_LEVELS == 63
 
 
 @pytest.mark.parametrize("rectified", [False, True])

@@ -85,8 +85,8 @@ def to_int8(path: Path) -> str:
     model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
-    return (f"int8 matmuls: symmetric weights within +-{WEIGHT_LEVELS}, one scale per output column (the tied output projection "
-            "included); activations quantised row by row, one scale per row")
+    return (f"int8 matmuls: symmetric weights within +-{WEIGHT_LEVELS}, one scale per output column (the tied "
+            "output projection included); activations quantised row by row, one scale per row")
 
 
 def quantize_matmuls(graph: onnx.GraphProto) -> int:

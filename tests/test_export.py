@@ -210,9 +210,10 @@ def test_attention_scores_are_unscaled_products_in_the_graphs_onnx_runtime_runs(
     assert fused["decoder"]
 
 
-def _int8_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, layout: str, *, rectified: bool = False) -> np.ndarray:
-    """relu?(x) @ W^T + b through a graph quantised by quantize_matmuls, exported as a Gemm (a step's
-    (B, D) rows) or as MatMul + Add (B, T, D), in a session with every optimization on."""
+def _int8_linear_model(w: np.ndarray, b: np.ndarray, layout: str, rank: int, *,
+                       rectified: bool = False) -> onnx.ModelProto:
+    """relu?(x) @ W^T + b for x of `rank` dimensions, quantised by quantize_matmuls, exported as a
+    Gemm (a step's (B, D) rows) or as MatMul + Add (B, T, D)."""
     f32 = onnx.TensorProto.FLOAT
     first = [onnx.helper.make_node("Relu", ["x"], ["r"])] if rectified else []
     rows = "r" if rectified else "x"
@@ -223,14 +224,19 @@ def _int8_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, layout: str, *, re
         nodes = first + [onnx.helper.make_node("MatMul", [rows, "w"], ["xw"]),
                          onnx.helper.make_node("Add", ["xw", "b"], ["y"])]
         weights = [numpy_helper.from_array(w.T.astype(np.float32), "w")]
-    shape = [None] * (x.ndim - 1)
+    shape = [None] * (rank - 1)
     graph = onnx.helper.make_graph(nodes, layout, [onnx.helper.make_tensor_value_info("x", f32, shape + [w.shape[1]])],
                                    [onnx.helper.make_tensor_value_info("y", f32, shape + [w.shape[0]])],
                                    weights + [numpy_helper.from_array(b.astype(np.float32), "b")])
     assert quantize_matmuls(graph) == 1
     assert not [n for n in graph.node if n.op_type in ("Gemm", "MatMul")] and "w" not in {i.name for i in graph.initializer}
-    model = onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", INT8_OPSET),
-                                                                       onnx.helper.make_opsetid("com.microsoft", 1)])
+    return onnx.helper.make_model(graph, ir_version=10, opset_imports=[onnx.helper.make_opsetid("", INT8_OPSET),
+                                                                      onnx.helper.make_opsetid("com.microsoft", 1)])
+
+
+def _int8_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray, layout: str, *, rectified: bool = False) -> np.ndarray:
+    """relu?(x) @ W^T + b through `_int8_linear_model`, in a session with every optimization on."""
+    model = _int8_linear_model(w, b, layout, x.ndim, rectified=rectified)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.astype(np.float32)})[0]
 
@@ -265,13 +271,9 @@ def test_int8_products_are_exact_on_every_cpu(rectified):
     relu_x = np.maximum(x, 0) if rectified else x
     y = _int8_linear(x, w, b, "gemm", rectified=rectified)
     assert np.abs(y - (relu_x @ w.T + b)).max() <= 1e-4 * np.abs(relu_x @ w.T).max()
-    graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 40])],
-                                   [numpy_helper.from_array(w.T.astype(np.float32), "w")])
-    quantize_matmuls(graph)
-    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert weights and max(np.abs(q.astype(np.int64)).max() for q in weights) == WEIGHT_LEVELS == 63
+    model = _int8_linear_model(w, b, "gemm", x.ndim, rectified=rectified)
+    [weight] = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert np.abs(weight.astype(np.int64)).max() == WEIGHT_LEVELS == 63
 
 
 @pytest.mark.parametrize("rectified", [False, True])

@@ -1,6 +1,6 @@
 """`rosetta-evaluate`: translate a test set with a checkpoint or an exported version, and score it.
 
-    rosetta-evaluate --model PATH --test FILE.tsv [--beam N] [--batch-size N] [--format html]
+    rosetta-evaluate --model PATH --test FILE.tsv [--beam N] [--batch-size N] [--format html] [--sentences N]
 
 A stable contract that other tools call. FILE.tsv holds `source<TAB>reference` lines (no
 header); a malformed line is an error naming it (exit 2). PATH is a checkpoint directory
@@ -8,7 +8,8 @@ header); a malformed line is an error naming it (exit 2). PATH is a checkpoint d
 (decoded by ONNX Runtime, as the server does). Either way each source goes through the
 runtime's text path as a server request would (sentence splitting, protected spans, markup with
 --format, cutting of over-long sentences, repairs), so any file is scored to its end; the JSON
-counts the repairs made. Progress goes to stderr; the last line on
+counts the repairs made. `--sentences N` scores N pairs spread evenly over the file instead
+(a quick check; a test file often holds its domains one after another). Progress goes to stderr; the last line on
 stdout is one JSON object with `bleu`, `chrf` (sacreBLEU defaults), `sentences` and
 `seconds`, plus the beam size, the engine and the model path.
 
@@ -27,6 +28,7 @@ from model.progress import progress_bar
 from model.scoring import score_translations
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from model.tsv import TsvError, read_test_pairs
+from model.tsv import evenly_spaced
 from server.runtime import MANIFEST, Format, TextJob, TextOptions, TextTranslation, decoding_options, run_jobs
 
 
@@ -67,13 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how to read the sources (html/xml: inline tags are placed, as the server does)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], help="for a model version (default: auto)")
     parser.add_argument("--output", type=Path, help="also write the translations here, one per line")
+    parser.add_argument("--sentences", type=int, default=0,
+                        help="score only this many pairs, spread evenly over the file (default: 0 = all)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        pairs = read_test_pairs(args.test)
+        pairs = evenly_spaced(read_test_pairs(args.test), args.sentences)
     except (TsvError, OSError) as e:
         print(f"rosetta-evaluate: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from pathlib import Path
 from model.scoring import score_translations
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
 from model.tokenizer import Tokenizer
+from model.tsv import evenly_spaced
 from server.runtime import PROBES_FILE, Heldout, OnnxGraphs, Probe, Probes, replay, translate_ids
 
 PROBE_SENTENCES = 16
@@ -28,18 +29,14 @@ HELDOUT_SENTENCES = 100
 HELDOUT_BEAM = DEFAULT_BEAM_SIZE
 
 
-def evenly_spaced_indices(total: int, n: int) -> list[int]:
-    return list(range(total)) if n >= total else [i * total // n for i in range(n)]
-
-
 def build_probes(graphs: OnnxGraphs, tokenizer: Tokenizer, pairs: list[tuple[str, str]]) -> Probes:
     max_positions = graphs.config.max_positions
-    probe_pairs = [pairs[i] for i in evenly_spaced_indices(len(pairs), PROBE_SENTENCES)]
+    probe_pairs = evenly_spaced(pairs, PROBE_SENTENCES)
     source_ids = tokenizer.encode_sources([s for s, _ in probe_pairs], max_positions)
     decoded = {name: replay(graphs, source_ids, beam) for name, beam in (("greedy", 1), ("beam4", 4))}
     probes = [Probe(source, ids, greedy, beam4)
               for (source, _), ids, greedy, beam4 in zip(probe_pairs, source_ids, decoded["greedy"], decoded["beam4"])]
-    heldout = [pairs[i] for i in evenly_spaced_indices(len(pairs), HELDOUT_SENTENCES)]
+    heldout = evenly_spaced(pairs, HELDOUT_SENTENCES)
     heldout_ids = tokenizer.encode_sources([s for s, _ in heldout], max_positions)
     hypotheses = [h[0].tokens for h in translate_ids(graphs, heldout_ids, DecodeOptions(beam_size=HELDOUT_BEAM),
                                                       max_batch=len(heldout_ids))]

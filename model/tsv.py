@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class TsvError(ValueError):
@@ -99,3 +102,14 @@ def write_tsv(path: str | Path, pairs: list[tuple[str, str]]) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())
+
+
+def evenly_spaced(items: list[T], n: int) -> list[T]:
+    """n items spread evenly over `items` (all of them if n is 0 or too large).
+
+    A validation file often holds its domains one after the other; the first n lines would
+    measure only the first domain.
+    """
+    if n <= 0 or n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]

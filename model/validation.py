@@ -3,7 +3,7 @@ translations of an evenly spread sample of it."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -14,19 +14,7 @@ from model.tokenizer import Tokenizer
 from model.train_config import TrainConfig
 from model.translate import translate_texts
 from model.transformer import Transformer
-
-T = TypeVar("T")
-
-
-def evenly_spaced(items: list[T], n: int) -> list[T]:
-    """n items spread evenly over `items` (all of them if n is 0 or too large).
-
-    A validation file often holds its domains one after the other; the first n lines would
-    measure only the first domain.
-    """
-    if n <= 0 or n >= len(items):
-        return list(items)
-    return [items[i * len(items) // n] for i in range(n)]
+from model.tsv import evenly_spaced
 
 
 @torch.no_grad()

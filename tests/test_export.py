@@ -28,8 +28,8 @@ from export.onnx_export import OPSET, export_graphs
 from export.quantize import INT8_OPSET, WEIGHT_LEVELS, quantize_matmuls
 from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
-from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, SessionConfig, file_record, load_manifest,
-                            sha256_file, translate_ids, versions)
+from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, ParityReport, SessionConfig, file_record,
+                            load_manifest, sha256_file, translate_ids, versions)
 from tests.builders import random_batch, tiny_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,12 +143,24 @@ def test_an_export_killed_midway_leaves_no_version(tiny_checkpoint, tiny_corpus,
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]  # the dead export's staging is gone
 
 
+@pytest.fixture(scope="module")
+def int8_from_checkpoint(tiny_checkpoint, tmp_path_factory) -> tuple[Path, ParityReport]:
+    """The tiny checkpoint exported in int8 through the whole gate (the int8 tests below share it)."""
+    return export_version(tiny_checkpoint, tmp_path_factory.mktemp("int8"), "tiny", tiny_pairs(), precision="int8")
+
+
+@pytest.fixture(scope="module")
+def fp16_from_version(tiny_version, tmp_path_factory) -> tuple[Path, ParityReport]:
+    """The published fp32 version (what the repository keeps) exported again in fp16."""
+    return export_version(tiny_version, tmp_path_factory.mktemp("fp16"), "tiny", tiny_pairs(), precision="fp16")
+
+
 # A variant is exported from a checkpoint, or from a published fp32 version (what the repository keeps).
 @pytest.mark.parametrize("precision, source", [("int8", "checkpoint"), ("fp16", "version")])
-def test_reduced_precision_variants_load_and_stay_within_tolerance(tiny_checkpoint, tiny_version, tmp_path, precision,
+def test_reduced_precision_variants_load_and_stay_within_tolerance(tiny_checkpoint, tiny_version, request, precision,
                                                                    source):
     origin = tiny_checkpoint if source == "checkpoint" else tiny_version
-    version_dir, report = export_version(origin, tmp_path, "tiny", tiny_pairs(), precision=precision)
+    version_dir, report = request.getfixturevalue(f"{precision}_from_{source}")
     assert report.passed, report.failures
     manifest = load_manifest(version_dir)
     assert manifest.precision == precision
@@ -176,9 +188,8 @@ def weight_bytes(version_dir: Path) -> int:
     return total
 
 
-def test_int8_stores_every_matmul_weight_in_8_bits(tiny_version, tiny_checkpoint, tmp_path):
-    version_dir, _ = export_version(tiny_checkpoint, tmp_path, "tiny", tiny_pairs()[:4], precision="int8",
-                                    beam_sizes=(1,))
+def test_int8_stores_every_matmul_weight_in_8_bits(tiny_version, int8_from_checkpoint):
+    version_dir, _ = int8_from_checkpoint
     for graph in ("encoder.onnx", "decoder.onnx"):
         model = onnx.load(str(version_dir / graph))
         weights = {w.name: w for w in model.graph.initializer}
@@ -289,11 +300,10 @@ def test_int8_an_all_zero_row_gives_exactly_the_bias(rectified):
     assert np.array_equal(y[[1, 3]], alone)
 
 
-def test_int8_rows_are_quantised_alone(tiny_checkpoint, tmp_path):
+def test_int8_rows_are_quantised_alone(int8_from_checkpoint):
     """Each row's activations get their own scale: a row's int8 logits are bit for bit the same
     alone as among other rows, however large those rows' values are."""
-    version_dir, _ = export_version(tiny_checkpoint, tmp_path, "tiny", tiny_pairs()[:4], precision="int8",
-                                    beam_sizes=(1,))
+    version_dir, _ = int8_from_checkpoint
     graphs = OnnxGraphs(version_dir, SessionConfig(device="cpu"))
     source_ids = np.asarray(random_batch([9, 6, 7], vocab=graphs.config.vocab_size))
     keys, values = graphs.encode(source_ids)
@@ -414,7 +424,14 @@ def layout_before_shared_weights(checkpoint_dir: Path, version_dir: Path, out: P
     return out
 
 
-def test_each_weight_is_stored_once_in_the_file_both_graphs_read(tiny_version, tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path_factory) -> Path:
+    """The tiny version in the layout before shared weights, as version 1 of its own repository."""
+    return layout_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path_factory.mktemp("before") / "1")
+
+
+def test_each_weight_is_stored_once_in_the_file_both_graphs_read(tiny_version, tiny_checkpoint,
+                                                                  tiny_before_shared_weights):
     copies = stored_copies(tiny_version, load_checkpoint(tiny_checkpoint))
     assert copies and set(copies.values()) == {1}
     for graph in ("encoder.onnx", "decoder.onnx"):  # both read the tied embedding from the one file
@@ -424,13 +441,13 @@ def test_each_weight_is_stored_once_in_the_file_both_graphs_read(tiny_version, t
         assert {e["location"] for e in external.values()} == {"weights.safetensors"}
         assert "weights/source_embedding.tokens.weight" in external
     # The count sees a weight stored twice: the layout before this one had the embedding in each graph.
-    before = layout_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path / "before")
-    assert stored_copies(before, load_checkpoint(tiny_checkpoint))["source_embedding.tokens.weight"] == 2
+    assert stored_copies(tiny_before_shared_weights,
+                         load_checkpoint(tiny_checkpoint))["source_embedding.tokens.weight"] == 2
 
 
-def test_a_version_in_the_layout_before_shared_weights_still_loads_and_passes_the_gate(tiny_version, tiny_checkpoint,
-                                                                                       tmp_path):
-    before = layout_before_shared_weights(tiny_checkpoint, tiny_version, tmp_path / "1")
+def test_a_version_in_the_layout_before_shared_weights_still_loads_and_passes_the_gate(tiny_version,
+                                                                                       tiny_before_shared_weights):
+    before = tiny_before_shared_weights
     assert "weights" not in json.loads((before / MANIFEST).read_text())
     loaded = Gate(SessionConfig(device="cpu")).check(before, "tiny", 1)  # checksums, load, smoke, probes
     sources = [source for source, _ in tiny_pairs()]

@@ -336,11 +336,10 @@ def states(s: Server) -> dict[int, str]:
     return {m.version: m.state for m in s.stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
 
 
-def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_checkpoint, worse_version, tmp_path):
+def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_version, worse_version, tmp_path):
     """Clients translate without pause while new versions arrive: a good one is swapped in with
-    no failed request; a corrupted one and a worse one are rejected while the good one serves."""
-    from export.cli import export_version
-
+    no failed request; a corrupted one and a worse one are rejected while the good one serves.
+    (A version arriving straight from rosetta-export: tests/test_readme.py, tests/test_deployment.py.)"""
     repository = tmp_path / "models"
     shutil.copytree(service_repository, repository)
     s = Server(repository, "--reload-interval", "0.3")
@@ -361,8 +360,7 @@ def test_hot_reload_under_load_and_gates_that_reject(service_repository, tiny_ch
     try:
         for t in threads:
             t.start()
-        version_dir, _ = export_version(tiny_checkpoint, repository, "tiny", PAIRS, beam_sizes=(1,))
-        assert version_dir.name == "2"
+        assert publish(repository, "tiny", tiny_version) == 2
         wait_for(lambda: any(v == 2 for v, _ in answers[-8:]))
         served_before = len(answers)
         wait_for(lambda: len(answers) > served_before + 20)

@@ -13,7 +13,7 @@ from model.checkpoint import load_checkpoint, load_trainer_state, save_checkpoin
 from model.optimizer import inverse_sqrt
 from model.train import main
 from model.tsv import TsvError, read_tsv
-from model.validation import evenly_spaced
+from model.tsv import evenly_spaced
 from tests.builders import random_batch, tiny_pairs
 from tests.conftest import TINY_MODEL_ARGS
 

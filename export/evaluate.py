@@ -8,10 +8,10 @@ header); a malformed line is an error naming it (exit 2). PATH is a checkpoint d
 (decoded by ONNX Runtime, as the server does). Either way each source goes through the
 runtime's text path as a server request would (sentence splitting, protected spans, markup with
 --format, cutting of over-long sentences, repairs), so any file is scored to its end; the JSON
-counts the repairs made. `--sentences N` scores N pairs spread evenly over the file instead
-(a quick check; a test file often holds its domains one after another). Progress goes to stderr; the last line on
-stdout is one JSON object with `bleu`, `chrf` (sacreBLEU defaults), `sentences` and
-`seconds`, plus the beam size, the engine and the model path.
+counts the repairs made. `--sentences N` scores N pairs spread evenly over the file instead (a
+quick check; a test file often holds its domains one after another). Progress goes to stderr;
+the last line on stdout is one JSON object with `bleu`, `chrf` (sacreBLEU defaults),
+`sentences` (those scored) and `seconds`, plus the beam size, the engine and the model path.
 
 It lives in export/ because it is the one tool that stands on both sides of the pipeline.
 """
@@ -27,8 +27,7 @@ from pathlib import Path
 from model.progress import progress_bar
 from model.scoring import score_translations
 from model.search import DEFAULT_BEAM_SIZE, DecodeOptions
-from model.tsv import TsvError, read_test_pairs
-from model.tsv import evenly_spaced
+from model.tsv import TsvError, evenly_spaced, read_test_pairs
 from server.runtime import MANIFEST, Format, TextJob, TextOptions, TextTranslation, decoding_options, run_jobs
 
 
@@ -75,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sentences < 0:
+        parser.error(f"--sentences must be 0 (all pairs) or more, not {args.sentences}")
     try:
         pairs = evenly_spaced(read_test_pairs(args.test), args.sentences)
     except (TsvError, OSError) as e:

@@ -28,6 +28,7 @@ from export.onnx_export import OPSET, export_graphs
 from export.quantize import INT8_OPSET, WEIGHT_LEVELS, quantize_matmuls
 from model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint, step_checkpoints, unique_state_dict
 from model.search import DecodeOptions
+from model.tsv import write_tsv
 from server.runtime import (MANIFEST, Gate, ModelVersionError, OnnxGraphs, ParityReport, SessionConfig, file_record,
                             load_manifest, sha256_file, translate_ids, versions)
 from tests.builders import random_batch, tiny_pairs
@@ -330,6 +331,20 @@ def test_evaluate_prints_json_and_scores_perfect_copies_at_100(engine, tiny_chec
     assert result["bleu"] == pytest.approx(100.0) and result["chrf"] == pytest.approx(100.0)
     assert result["sentences"] == 32 and result["seconds"] > 0
     assert result["engine"].startswith("pytorch" if engine == "checkpoint" else "onnxruntime")
+
+
+def test_evaluate_scores_a_sample_spread_over_the_file(tiny_version, tmp_path, capsys):
+    """--sentences N scores N pairs taken evenly from the whole file, not its first N lines."""
+    pairs = tiny_pairs()
+    write_tsv(tmp_path / "test.tsv", pairs)
+    translations = tmp_path / "out.txt"
+    assert evaluate_main(["--model", str(tiny_version), "--test", str(tmp_path / "test.tsv"), "--sentences", "4",
+                          "--output", str(translations)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sentences"] == 4
+    assert translations.read_text().splitlines() == [pairs[i][1] for i in (0, 8, 16, 24)]  # it translates them all
+    with pytest.raises(SystemExit):
+        evaluate_main(["--model", str(tiny_version), "--test", str(tmp_path / "test.tsv"), "--sentences", "-1"])
+    assert "--sentences must be 0 (all pairs) or more" in capsys.readouterr().err
 
 
 def test_evaluate_names_the_malformed_line(tiny_version, tmp_path, capsys):
